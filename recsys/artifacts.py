@@ -1,0 +1,209 @@
+"""The run folder: what training hands to evaluation, export, indexing and serving.
+
+Layout of ``runs/<name>/``::
+
+    config.yaml            resolved config
+    manifest.json          format version, package versions, git commit, data fingerprint
+    id_maps/users.parquet  index ↔ original user id
+    id_maps/items.parquet  index ↔ original item id
+    interactions.parquet   user_idx, item_idx, label (0 train, 1 valid, 2 test)
+    candidates_<split>.npy ranking candidates when restricted (cold-10: cold items)
+    embeddings/users.npy   (n_users, D) float32 final representations
+    embeddings/items.npy   (n_items, D) float32; score = users @ items.T
+    metrics.json           valid and test metrics of the best checkpoint
+    checkpoints/           best.ckpt, last.ckpt (Lightning)
+    logs/metrics.csv       per-epoch training and validation curves
+
+Reading a bundle needs only numpy, pandas and this module: never the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import yaml
+
+from recsys.data.idmap import IdMap
+from recsys.data.matrix import binary_matrix
+from recsys.errors import ArtifactError
+from recsys.io import atomic_write_json, atomic_write_npy, atomic_write_parquet, atomic_write_text
+
+FORMAT_VERSION = 1
+TRACKED_PACKAGES = (
+    "recsys",
+    "torch",
+    "torch_geometric",
+    "lightning",
+    "numpy",
+    "pandas",
+    "scipy",
+    "pyarrow",
+    "faiss-cpu",
+    "pydantic",
+)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    return res.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+@dataclass
+class RunFolder:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    # paths -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    # writing -----------------------------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=False))
+
+    def write_data(
+        self,
+        user_map: IdMap,
+        item_map: IdMap,
+        users: np.ndarray,
+        items: np.ndarray,
+        labels: np.ndarray,
+        candidates: dict[str, np.ndarray],
+    ) -> None:
+        user_map.save(self.root / "id_maps" / "users.parquet")
+        item_map.save(self.root / "id_maps" / "items.parquet")
+        frame = pd.DataFrame(
+            {
+                "user_idx": users.astype(np.int64),
+                "item_idx": items.astype(np.int64),
+                "label": labels.astype(np.int8),
+            }
+        )
+        atomic_write_parquet(frame, self.root / "interactions.parquet")
+        for split in ("valid", "test"):
+            path = self.root / f"candidates_{split}.npy"
+            if split in candidates:
+                atomic_write_npy(path, candidates[split].astype(np.int64))
+            else:
+                path.unlink(missing_ok=True)
+
+    def write_embeddings(self, user: np.ndarray, item: np.ndarray) -> None:
+        atomic_write_npy(self.root / "embeddings" / "users.npy", user.astype(np.float32))
+        atomic_write_npy(self.root / "embeddings" / "items.npy", item.astype(np.float32))
+
+    def write_manifest(self, **fields: Any) -> None:
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            **fields,
+        }
+        atomic_write_json(self.manifest_path, manifest)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.metrics_path, metrics)
+
+    # reading -----------------------------------------------------------------------
+    def _require(self, path: Path) -> Path:
+        if not path.exists():
+            raise ArtifactError(f"{self.root}: not a complete run folder, {path.name} is missing")
+        return path
+
+    def manifest(self) -> dict[str, Any]:
+        manifest = json.loads(self._require(self.manifest_path).read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{self.manifest_path}: format_version {manifest.get('format_version')} is not"
+                f" {FORMAT_VERSION}; retrain or use a matching recsys version"
+            )
+        return manifest
+
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load(self._require(self.config_path).read_text())
+
+    def metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics_path.read_text()) if self.metrics_path.exists() else {}
+
+    def user_map(self) -> IdMap:
+        return IdMap.load(self._require(self.root / "id_maps" / "users.parquet"))
+
+    def item_map(self) -> IdMap:
+        return IdMap.load(self._require(self.root / "id_maps" / "items.parquet"))
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        user = np.load(self._require(self.root / "embeddings" / "users.npy"))
+        item = np.load(self._require(self.root / "embeddings" / "items.npy"))
+        return user, item
+
+    def interactions(self) -> pd.DataFrame:
+        return pd.read_parquet(self._require(self.root / "interactions.parquet"))
+
+    def candidates(self, split: str) -> np.ndarray | None:
+        """Items ranked when scoring ``split`` (None: the whole catalogue)."""
+        path = self.root / f"candidates_{split}.npy"
+        return np.load(path) if path.exists() else None
+
+    def matrix(self, *labels: int) -> sp.csr_matrix:
+        """Binary ``(n_users, n_items)`` matrix of the saved interactions with these labels."""
+        frame = self.interactions()
+        shape = (len(self.user_map()), len(self.item_map()))
+        sel = frame[frame["label"].isin(labels)]
+        return binary_matrix(sel["user_idx"].to_numpy(), sel["item_idx"].to_numpy(), shape)

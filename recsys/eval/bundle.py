@@ -1,0 +1,44 @@
+"""Evaluate a finished run folder from its saved embeddings (no training code)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from recsys.artifacts import RunFolder
+from recsys.data.splits import TEST, TRAIN, VALID
+from recsys.eval.ranking import evaluate
+
+
+def evaluate_run(
+    run: RunFolder, split: str = "test", ks: Sequence[int] = (5, 10, 20), batch_size: int = 1024
+) -> dict[str, float]:
+    """Full-ranking metrics of ``split``, masking what the protocol masks."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    user, item = (torch.from_numpy(a) for a in run.embeddings())
+    truth = run.matrix(TEST if split == "test" else VALID)
+    exclude = run.matrix(TRAIN, VALID) if split == "test" else run.matrix(TRAIN)
+    return evaluate(
+        lambda u: user[u] @ item.T,
+        truth,
+        exclude,
+        ks=ks,
+        candidates=run.candidates(split),
+        batch_size=batch_size,
+    )
+
+
+HEADLINE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10", "mrr", "coverage@20")
+
+
+def metrics_table(
+    rows: list[tuple[str, dict[str, float]]], columns: Sequence[str] = HEADLINE
+) -> str:
+    """A Markdown table: one row per (name, metrics)."""
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, metrics in rows:
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The recommender interface every model implements, and the model registry.
+
+A model is an ``nn.Module`` that scores users against items by a dot product of final
+representations, so that evaluation, export, FAISS indexing and serving need only the
+two embedding matrices (saved in the run folder) and never the training code.
+
+To add a model: write one module with a config (a :class:`StrictModel` with a ``kind``
+literal) and a class decorated with :func:`register_model`, name the module in
+``BUILTIN_MODELS`` (or import it before training), and add a YAML file under
+``configs/``.  Built-in modules are imported on first use, so that importing
+``recsys.models`` stays cheap (torch-geometric alone takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from recsys.config import StrictModel
+
+
+@dataclass
+class TrainingGraph:
+    """What a model may know at construction: sizes and the training interactions.
+
+    train_users, train_items: ``(E,)`` int64 indices of training pairs.
+    """
+
+    n_users: int
+    n_items: int
+    train_users: np.ndarray
+    train_items: np.ndarray
+
+    def item_counts(self) -> np.ndarray:
+        return np.bincount(self.train_items, minlength=self.n_items)
+
+    def user_counts(self) -> np.ndarray:
+        return np.bincount(self.train_users, minlength=self.n_users)
+
+
+class Recommender(nn.Module):
+    """Base class: ``embeddings()`` gives ``(n_users, D)`` and ``(n_items, D)``; score = dot."""
+
+    trainable: bool = True
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Loss terms for one batch; ``"loss"`` is the total that is optimised.
+
+        batch: ``users (B,)``, ``pos_items (B,)``, and ``neg_items (B, N)`` when negatives
+        are sampled.
+        """
+        raise NotImplementedError
+
+
+@dataclass
+class ModelSpec:
+    config_cls: type[StrictModel]
+    build: Callable[[Any, TrainingGraph], Recommender]
+
+
+MODEL_REGISTRY: dict[str, ModelSpec] = {}
+BUILTIN_MODELS = {
+    "popularity": "recsys.models.popularity",
+    "mf": "recsys.models.mf",
+    "lightgcn": "recsys.models.lightgcn",
+}
+
+
+def model_kinds() -> list[str]:
+    return sorted(set(MODEL_REGISTRY) | set(BUILTIN_MODELS))
+
+
+def model_spec(kind: str) -> ModelSpec:
+    """The registered spec of ``kind``, importing its built-in module on first use."""
+    if kind not in MODEL_REGISTRY and kind in BUILTIN_MODELS:
+        importlib.import_module(BUILTIN_MODELS[kind])
+    if kind not in MODEL_REGISTRY:
+        raise KeyError(kind)
+    return MODEL_REGISTRY[kind]
+
+
+def register_model(kind: str, config_cls: type[StrictModel]):
+    """Class decorator: ``cls(config, graph)`` builds the model for ``kind``."""
+
+    def wrap(cls: type[Recommender]) -> type[Recommender]:
+        MODEL_REGISTRY[kind] = ModelSpec(config_cls, cls)
+        return cls
+
+    return wrap
+
+
+def build_model(config: StrictModel, graph: TrainingGraph) -> Recommender:
+    return model_spec(config.kind).build(config, graph)  # type: ignore[attr-defined]
+
+
+def dot_scores(user_emb: Tensor, item_emb: Tensor) -> Callable[[Tensor], Tensor]:
+    """A score function ``users (B,) → (B, n_items)`` over fixed embeddings."""
+
+    def score(users: Tensor) -> Tensor:
+        return user_emb[users] @ item_emb.T
+
+    return score
+
+
+@torch.no_grad()
+def frozen_embeddings(model: Recommender) -> tuple[Tensor, Tensor]:
+    was_training = model.training
+    model.eval()
+    user, item = model.embeddings()
+    model.train(was_training)
+    return user.detach().float().cpu(), item.detach().float().cpu()

@@ -1,0 +1,69 @@
+"""LightGCN (He et al., 2020) on torch-geometric's ``LightGCN`` / ``LGConv``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+from torch_geometric.nn.models import LightGCN as PygLightGCN
+
+from recsys.config import StrictModel
+from recsys.models.base import Recommender, TrainingGraph, register_model
+from recsys.models.graph import SymmetricLGConv, normalized_adjacency
+from recsys.models.mf import pairwise_loss
+
+
+class LightGCNConfig(StrictModel):
+    kind: Literal["lightgcn"] = "lightgcn"
+    dim: int = 64
+    layers: int = 2
+    reg: float = 1e-4
+    loss: Literal["bpr", "softmax"] = "bpr"
+    temperature: float = 0.2
+
+
+@register_model("lightgcn", LightGCNConfig)
+class LightGCN(Recommender):
+    """Users and items share one node table; the final embedding is the mean of the
+    layer outputs.  The normalised adjacency is precomputed (``normalize=False`` in the
+    convolutions), so a step costs two sparse-dense products per layer."""
+
+    def __init__(self, config: LightGCNConfig, graph: TrainingGraph) -> None:
+        super().__init__()
+        self.config = config
+        self.n_users = graph.n_users
+        self.gcn = PygLightGCN(
+            graph.n_users + graph.n_items, config.dim, config.layers, normalize=False
+        )
+        # Swap in convolutions whose backward reuses the symmetric adjacency.
+        self.gcn.convs = nn.ModuleList(SymmetricLGConv() for _ in range(config.layers))
+        adj = normalized_adjacency(
+            graph.train_users, graph.train_items, graph.n_users, graph.n_items
+        )
+        # Not a buffer: it is derived from the data, and sparse CSR does not serialise.
+        self.adj = adj
+
+    def _apply(self, fn, recurse=True):  # keep the adjacency on the model's device
+        super()._apply(fn, recurse)
+        self.adj = fn(self.adj)
+        return self
+
+    def propagate(self) -> tuple[Tensor, Tensor]:
+        out = self.gcn.get_embedding(self.adj)
+        return out[: self.n_users], out[self.n_users :]
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.propagate()
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        users_all, items_all = self.propagate()
+        ego = self.gcn.embedding.weight
+        users, pos = batch["users"], batch["pos_items"]
+        u, p = users_all[users], items_all[pos]
+        reg_terms = [ego[users], ego[pos + self.n_users]]
+        n = None
+        if "neg_items" in batch:
+            neg = batch["neg_items"]
+            n = items_all[neg]
+            reg_terms.append(ego[neg.flatten() + self.n_users])
+        return pairwise_loss(self.config, u, p, n, reg_terms)  # type: ignore[arg-type]

@@ -1,0 +1,36 @@
+"""Pure loss functions.  B = batch size, D = embedding dimension."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """Bayesian personalised ranking: mean of ``-log σ(pos - neg)``.
+
+    pos_scores: ``(B,)``; neg_scores: ``(B,)`` or ``(B, N)`` (each negative against its
+    row's positive).
+    """
+    if neg_scores.dim() == 2:
+        pos_scores = pos_scores.unsqueeze(1)
+    return F.softplus(neg_scores - pos_scores).mean()
+
+
+def l2_penalty(*embeddings: Tensor) -> Tensor:
+    """``Σ ||e||² / 2`` over the given ``(B, D)`` tensors, averaged over the batch rows,
+    the LightGCN paper's regulariser on the ego embeddings of a batch."""
+    batch = embeddings[0].shape[0]
+    return sum(e.pow(2).sum() for e in embeddings) / (2 * batch)
+
+
+def in_batch_softmax_loss(user: Tensor, item: Tensor, temperature: float = 1.0) -> Tensor:
+    """Sampled softmax with in-batch negatives: row b's positive is column b.
+
+    user, item: ``(B, D)``.  Duplicated items in a batch are harmless but slightly
+    penalise popular items, the usual in-batch bias.
+    """
+    logits = user @ item.T / temperature
+    target = torch.arange(user.shape[0], device=user.device)
+    return F.cross_entropy(logits, target)

@@ -1,0 +1,86 @@
+"""The training run's config: data, model, trainer and evaluation sections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import field_validator
+
+from recsys.config import StrictModel, apply_overrides, load_yaml, validate
+from recsys.data.dataset import DataConfig
+from recsys.errors import ConfigError
+from recsys.models.base import model_kinds, model_spec
+from recsys.train.datamodule import SamplingConfig
+
+
+class TrainerConfig(StrictModel):
+    max_epochs: int = 100
+    patience: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    sampling: SamplingConfig = SamplingConfig()
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_threads: int | None = None
+    check_val_every_n_epoch: int = 1
+    progress_bar: bool = True
+    monitor: str = "ndcg@10"
+    deterministic: bool = True
+
+
+class EvalConfig(StrictModel):
+    ks: list[int] = [5, 10, 20]
+    batch_size: int = 1024
+
+
+class RunConfig(StrictModel):
+    name: str
+    seed: int = 2020
+    output_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: Any
+    trainer: TrainerConfig = TrainerConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> StrictModel:
+        if isinstance(value, StrictModel):
+            return value
+        if not isinstance(value, dict) or value.get("kind") not in model_kinds():
+            raise ValueError(f"needs a 'kind', one of {model_kinds()}")
+        return model_spec(value["kind"]).config_cls.model_validate(value)
+
+    def dump(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json")
+        out["model"] = self.model.model_dump(mode="json")
+        return out
+
+
+def parse_run_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a whole run config; the model section by its registered kind, so that
+    errors name the dotted key (``model.dimm: unknown key``)."""
+    raw = dict(raw)
+    model_raw = raw.pop("model", None)
+    if not isinstance(model_raw, dict) or "kind" not in model_raw:
+        raise ConfigError(
+            f"{source}: invalid config\n  model.kind: required, one of {model_kinds()}"
+        )
+    kind = model_raw["kind"]
+    if kind not in model_kinds():
+        raise ConfigError(
+            f"{source}: invalid config\n  model.kind: unknown {kind!r}; known: {model_kinds()}"
+        )
+    try:
+        model = validate(model_spec(kind).config_cls, model_raw, source)
+    except ConfigError as err:
+        head, _, body = str(err).partition("\n")
+        raise ConfigError(
+            head + "\n" + body.replace("  ", "  model.", 1).replace("\n  ", "\n  model.")
+        ) from None
+    return validate(RunConfig, {**raw, "model": model}, source)
+
+
+def load_run_config(path: str | None, overrides: list[str] | None = None) -> RunConfig:
+    raw = load_yaml(path) if path else {}
+    return parse_run_config(apply_overrides(raw, overrides or []), source=str(path or "config"))

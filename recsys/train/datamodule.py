@@ -1,0 +1,121 @@
+"""Training batches: user–positive pairs with uniformly sampled negatives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from recsys.config import StrictModel
+
+
+class SamplingConfig(StrictModel):
+    batch_size: int = 2048
+    negatives: Literal["sampled", "in_batch"] = "sampled"
+    num_negatives: int = 1
+
+
+class NegativeSampler:
+    """Uniform negatives that are not among the user's training positives.
+
+    Rejection sampling, vectorised: redraw only the collisions, a few rounds at most
+    (a user who has nearly every item keeps a rare collision rather than looping).
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int) -> None:
+        self.n_items = n_items
+        self.keys = np.unique(users.astype(np.int64) * n_items + items)
+
+    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = (
+            users[:, None] * self.n_items + items
+            if items.ndim == 2
+            else users * self.n_items + items
+        )
+        pos = np.searchsorted(self.keys, keys)
+        pos = np.minimum(pos, len(self.keys) - 1)
+        return self.keys[pos] == keys
+
+    def sample(self, users: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+        """users: ``(B,)`` → negatives ``(B, num)``."""
+        neg = rng.integers(0, self.n_items, size=(len(users), num))
+        for _ in range(20):
+            bad = self.is_positive(users, neg)
+            if not bad.any():
+                break
+            neg[bad] = rng.integers(0, self.n_items, size=int(bad.sum()))
+        return neg
+
+
+class PairBatches(IterableDataset):
+    """One epoch of shuffled training pairs, already batched (no per-sample overhead)."""
+
+    def __init__(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        sampler: NegativeSampler,
+        config: SamplingConfig,
+        seed: int,
+    ) -> None:
+        self.users, self.items, self.sampler, self.config, self.seed = (
+            users,
+            items,
+            sampler,
+            config,
+            seed,
+        )
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.config.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(self.users))
+        bs = self.config.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            users = self.users[idx]
+            batch = {
+                "users": torch.from_numpy(users),
+                "pos_items": torch.from_numpy(self.items[idx]),
+            }
+            if self.config.negatives == "sampled":
+                neg = self.sampler.sample(users, self.config.num_negatives, rng)
+                batch["neg_items"] = torch.from_numpy(neg)
+            yield batch
+
+
+class _Single(IterableDataset):
+    """The validation loop's only 'batch': ranking evaluation runs on whole embeddings."""
+
+    def __iter__(self):
+        yield torch.zeros(1)
+
+
+class InteractionDataModule(L.LightningDataModule):
+    """Re-seeds each epoch from (seed, epoch), so a resumed run draws the same batches."""
+
+    def __init__(
+        self, users: np.ndarray, items: np.ndarray, n_items: int, config: SamplingConfig, seed: int
+    ) -> None:
+        super().__init__()
+        self.users = users.astype(np.int64)
+        self.items = items.astype(np.int64)
+        self.config = config
+        self.seed = seed
+        self.sampler = NegativeSampler(self.users, self.items, n_items)
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        dataset = PairBatches(
+            self.users, self.items, self.sampler, self.config, self.seed * 100003 + epoch
+        )
+        return DataLoader(dataset, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Single(), batch_size=None)

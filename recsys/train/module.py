@@ -1,0 +1,66 @@
+"""The Lightning wrapper: optimisation of any :class:`Recommender`, ranking validation."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys.eval.ranking import evaluate
+from recsys.models.base import Recommender, dot_scores
+
+
+class RecommenderModule(L.LightningModule):
+    def __init__(
+        self,
+        model: Recommender,
+        lr: float,
+        weight_decay: float,
+        valid_truth: sp.csr_matrix,
+        valid_exclude: sp.csr_matrix,
+        candidates: np.ndarray | None,
+        ks: tuple[int, ...],
+        eval_batch_size: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay = lr, weight_decay
+        self.valid_truth, self.valid_exclude = valid_truth, valid_exclude
+        self.candidates = candidates
+        self.ks, self.eval_batch_size = ks, eval_batch_size
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self.model.loss(batch)
+        n = batch["users"].shape[0]
+        for name, value in losses.items():
+            self.log(
+                f"train/{name}",
+                value.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+                prog_bar=name == "loss",
+            )
+        return losses["loss"]
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """Nothing per batch: the whole ranking evaluation runs at epoch end."""
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self) -> None:
+        user, item = self.model.embeddings()
+        metrics = evaluate(
+            dot_scores(user, item),
+            self.valid_truth,
+            self.valid_exclude,
+            ks=self.ks,
+            candidates=self.candidates,
+            batch_size=self.eval_batch_size,
+        )
+        for name, value in metrics.items():
+            if name != "n_users":
+                self.log(f"val/{name}", float(value), prog_bar=name == "ndcg@10")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

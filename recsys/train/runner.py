@@ -1,0 +1,219 @@
+"""One training run, start to finish: data → model → Lightning → run folder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from recsys.artifacts import RunFolder
+from recsys.data.dataset import SplitDataset, load_dataset
+from recsys.data.splits import TRAIN
+from recsys.errors import ConfigError
+from recsys.eval.ranking import evaluate
+from recsys.io import atomic_write_text
+from recsys.models import TrainingGraph, build_model
+from recsys.models.base import Recommender, dot_scores, frozen_embeddings
+from recsys.train.config import RunConfig
+from recsys.train.datamodule import InteractionDataModule
+from recsys.train.module import RecommenderModule
+
+log = logging.getLogger(__name__)
+
+
+class EpochClock(Callback):
+    """Wall-clock seconds since fit start at the end of each validation, for 's to best'."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.times: dict[int, float] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.times[trainer.current_epoch] = time.perf_counter() - self.start
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Sparse.*")
+    warnings.filterwarnings("ignore", message=".*sparse.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*has.*__len__.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+
+
+def prepare_run_folder(config: RunConfig, fresh: bool) -> tuple[RunFolder, Path | None]:
+    """Create the run folder; return the checkpoint to resume from, if any.
+
+    A folder holding an interrupted run of the same config resumes from ``last.ckpt``;
+    one with a different config is refused rather than silently mixed.
+    """
+    run = RunFolder(Path(config.output_dir) / config.name)
+    resolved = config.dump()
+    last = run.checkpoint_dir / "last.ckpt"
+    if fresh and run.root.exists():
+        shutil.rmtree(run.root)
+    if run.config_path.exists():
+        saved = yaml.safe_load(run.config_path.read_text())
+        if saved != resolved:
+            raise ConfigError(
+                f"{run.root} holds a run with a different config; pass --fresh to overwrite it"
+                " or choose another name=..."
+            )
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_config(resolved)
+    return run, (last if last.exists() else None)
+
+
+def fit(
+    model: Recommender,
+    dataset: SplitDataset,
+    config: RunConfig,
+    run: RunFolder,
+    resume: Path | None,
+) -> dict[str, Any]:
+    """Train with Lightning; load the best checkpoint's weights into ``model``."""
+    tc = config.trainer
+    valid_truth, valid_exclude = dataset.eval_matrices("valid")
+    module = RecommenderModule(
+        model,
+        tc.lr,
+        tc.weight_decay,
+        valid_truth,
+        valid_exclude,
+        dataset.candidates.get("valid"),
+        tuple(config.eval.ks),
+        config.eval.batch_size,
+    )
+    train_users, train_items = dataset.pairs(TRAIN)
+    datamodule = InteractionDataModule(
+        train_users, train_items, dataset.n_items, tc.sampling, config.seed
+    )
+    monitor = f"val/{tc.monitor}"
+    checkpoint = ModelCheckpoint(
+        dirpath=run.checkpoint_dir,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    clock = EpochClock()
+    trainer = L.Trainer(
+        max_epochs=tc.max_epochs,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        deterministic=tc.deterministic,
+        callbacks=[checkpoint, EarlyStopping(monitor, patience=tc.patience, mode="max"), clock],
+        logger=CSVLogger(run.root, name="logs", version=""),
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+        check_val_every_n_epoch=tc.check_val_every_n_epoch,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    # CSVLogger deletes an existing metrics.csv: keep the interrupted run's curves.
+    log_file = run.log_dir / "metrics.csv"
+    earlier = pd.read_csv(log_file) if resume and log_file.exists() else None
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+    if earlier is not None and log_file.exists():
+        later = pd.read_csv(log_file)
+        earlier = earlier[earlier["epoch"] < later["epoch"].min()]
+        atomic_write_text(log_file, pd.concat([earlier, later]).to_csv(index=False))
+    best_path = checkpoint.best_model_path or str(run.checkpoint_dir / "best.ckpt")
+    state = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    best_epoch = int(state["epoch"])
+    return {
+        "epochs": trainer.current_epoch,
+        "best_epoch": best_epoch + 1,
+        "best_valid": float(checkpoint.best_model_score)
+        if checkpoint.best_model_score is not None
+        else None,
+        "train_seconds": round(seconds, 2),
+        "seconds_to_best": round(clock.times[best_epoch], 2) if best_epoch in clock.times else None,
+        "resumed": resume is not None,
+    }
+
+
+def evaluate_embeddings(user, item, dataset: SplitDataset, config: RunConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        truth, exclude = dataset.eval_matrices(split)
+        if truth.nnz == 0:
+            continue
+        out[split] = evaluate(
+            dot_scores(user, item),
+            truth,
+            exclude,
+            ks=tuple(config.eval.ks),
+            candidates=dataset.candidates.get(split),
+            batch_size=config.eval.batch_size,
+        )
+    return out
+
+
+def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
+    """Train ``config`` into ``<output_dir>/<name>/`` and return that run folder."""
+    _quiet_lightning()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    if config.trainer.num_threads:
+        torch.set_num_threads(config.trainer.num_threads)
+    dataset = load_dataset(config.data)  # bad data fails here, before anything is written
+    run, resume = prepare_run_folder(config, fresh)
+    run.write_data(
+        dataset.user_map,
+        dataset.item_map,
+        dataset.users,
+        dataset.items,
+        dataset.labels,
+        dataset.candidates,
+    )
+    train_users, train_items = dataset.pairs(TRAIN)
+    graph = TrainingGraph(dataset.n_users, dataset.n_items, train_users, train_items)
+    model = build_model(config.model, graph)
+    training: dict[str, Any] = {"epochs": 0, "train_seconds": 0.0}
+    if model.trainable:
+        training = fit(model, dataset, config, run, resume)
+    user, item = frozen_embeddings(model)
+    run.write_embeddings(user.numpy(), item.numpy())
+    metrics = evaluate_embeddings(user, item, dataset, config)
+    run.write_metrics(
+        {
+            "model": config.model.kind,
+            "dataset": dataset.name,
+            "split": dataset.protocol,
+            "training": training,
+            **metrics,
+        }
+    )
+    run.write_manifest(
+        name=config.name,
+        model=config.model.kind,
+        dataset=dataset.name,
+        split=dataset.protocol,
+        data_fingerprint=dataset.fingerprint,
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        embedding_dim=int(user.shape[1]),
+        seed=config.seed,
+    )
+    return run

@@ -1,0 +1,62 @@
+"""Shared fixtures: real datasets (skipped, or failed in CI, when absent), tiny data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+# Two threads on a busy 2-core machine can be 10x slower than one.
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    return Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``RECSYS_SHARED_DATA`` (default ../shared/data): skip when absent, unless
+    ``RECSYS_REQUIRE_SHARED=1`` (CI), where absence is a failure."""
+    root = shared_root()
+    if not (root / "ml-100k" / "u.data").exists():
+        msg = f"shared datasets not found at {root} (set RECSYS_SHARED_DATA)"
+        if os.environ.get("RECSYS_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + "; RECSYS_REQUIRE_SHARED=1 makes this a failure")
+        pytest.skip(msg)
+    return root
+
+
+def synthetic_interactions(
+    n_users: int = 60, n_items: int = 40, per_user: int = 12, seed: int = 0
+) -> pd.DataFrame:
+    """Clustered implicit feedback: users prefer items of their own cluster, so that a
+    model has something to learn.  Columns user_id, item_id, timestamp."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        cluster = u % 4
+        pool = [i for i in range(n_items) if i % 4 == cluster]
+        others = [i for i in range(n_items) if i % 4 != cluster]
+        k_in = min(per_user - 2, len(pool))
+        chosen = list(rng.choice(pool, size=k_in, replace=False)) + list(
+            rng.choice(others, size=2, replace=False)
+        )
+        rng.shuffle(chosen)
+        for t, i in enumerate(chosen):
+            rows.append((f"u{u}", f"i{i}", 1_000_000 + 100 * t + u))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+@pytest.fixture
+def tiny_table(tmp_path: Path) -> Path:
+    path = tmp_path / "interactions.csv"
+    synthetic_interactions().to_csv(path, index=False)
+    return path

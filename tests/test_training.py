@@ -1,0 +1,125 @@
+"""End-to-end training on tiny synthetic data: run folder, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.artifacts import RunFolder
+from recsys.eval.bundle import evaluate_run
+from recsys.train.config import parse_run_config
+from recsys.train.module import RecommenderModule
+from recsys.train.runner import train_run
+
+
+def make_config(tmp_path: Path, table: Path, name: str, **model) -> object:
+    raw = {
+        "name": name,
+        "seed": 7,
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "table", "interactions": {"path": str(table)}, "split": "loo"},
+        "model": {"kind": "lightgcn", "dim": 16, "layers": 2, **model},
+        "trainer": {
+            "max_epochs": 4,
+            "patience": 10,
+            "lr": 0.01,
+            "progress_bar": False,
+            "sampling": {"batch_size": 128},
+        },
+    }
+    return parse_run_config(raw)
+
+
+def test_run_folder_holds_everything(tmp_path, tiny_table):
+    run = train_run(make_config(tmp_path, tiny_table, "full"))
+    for rel in [
+        "config.yaml",
+        "manifest.json",
+        "metrics.json",
+        "interactions.parquet",
+        "id_maps/users.parquet",
+        "id_maps/items.parquet",
+        "embeddings/users.npy",
+        "embeddings/items.npy",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "logs/metrics.csv",
+    ]:
+        assert (run.root / rel).exists(), rel
+    manifest = json.loads(run.manifest_path.read_text())
+    assert manifest["model"] == "lightgcn" and len(manifest["data_fingerprint"]) == 16
+    assert {"torch", "lightning", "torch_geometric"} <= set(manifest["versions"])
+    metrics = run.metrics()
+    assert metrics["training"]["epochs"] == 4
+    # metrics.json agrees with a re-evaluation of the saved embeddings
+    again = evaluate_run(run, "test")
+    for key in ("ndcg@10", "recall@20", "mrr"):
+        assert again[key] == pytest.approx(metrics["test"][key], abs=1e-9)
+    # the saved embeddings are the best checkpoint's, not the last epoch's
+    state = torch.load(run.checkpoint_dir / "best.ckpt", map_location="cpu", weights_only=True)
+    ego = state["state_dict"]["model.gcn.embedding.weight"]
+    assert not torch.equal(ego, torch.zeros_like(ego))
+    # user ids in the id map are the original strings
+    assert set(run.user_map().ids) == {f"u{i}" for i in range(60)}
+
+
+def test_learns_something_beyond_popularity(tmp_path, tiny_table):
+    cfg = make_config(tmp_path, tiny_table, "learn")
+    cfg.trainer.max_epochs = 15
+    lgcn = train_run(cfg).metrics()["test"]["ndcg@10"]
+    pop = parse_run_config({**cfg.dump(), "name": "pop", "model": {"kind": "popularity"}})
+    pop_ndcg = train_run(pop).metrics()["test"]["ndcg@10"]
+    assert lgcn > pop_ndcg
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_table):
+    a = train_run(make_config(tmp_path, tiny_table, "a")).metrics()["test"]
+    b = train_run(make_config(tmp_path, tiny_table, "b")).metrics()["test"]
+    for key, value in a.items():
+        assert b[key] == pytest.approx(value, abs=1e-6), key
+    ua = np.load(tmp_path / "runs" / "a" / "embeddings" / "users.npy")
+    ub = np.load(tmp_path / "runs" / "b" / "embeddings" / "users.npy")
+    np.testing.assert_allclose(ua, ub, atol=1e-6)
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypatch):
+    reference = train_run(make_config(tmp_path, tiny_table, "ref")).metrics()
+
+    original = RecommenderModule.on_train_epoch_end
+
+    def crash(self):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", crash, raising=False)
+    config = make_config(tmp_path, tiny_table, "crashy")
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
+        train_run(config)
+    run = RunFolder(tmp_path / "runs" / "crashy")
+    assert (run.checkpoint_dir / "last.ckpt").exists()
+    assert not run.metrics_path.exists()  # nothing claims to be finished
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", original, raising=False)
+
+    resumed = train_run(make_config(tmp_path, tiny_table, "crashy")).metrics()
+    assert resumed["training"]["resumed"] is True
+    import pandas as pd
+
+    curves = pd.read_csv(run.log_dir / "metrics.csv")
+    assert sorted(curves["epoch"].dropna().unique().astype(int)) == [0, 1, 2, 3]
+    for key, value in reference["test"].items():
+        assert resumed["test"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_existing_run_with_other_config_is_refused(tmp_path, tiny_table):
+    from recsys.errors import ConfigError
+
+    train_run(make_config(tmp_path, tiny_table, "same"))
+    other = make_config(tmp_path, tiny_table, "same", dim=8)
+    with pytest.raises(ConfigError, match="different config"):
+        train_run(other)
+    assert train_run(other, fresh=True).manifest()["embedding_dim"] == 8
