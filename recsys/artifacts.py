@@ -7,9 +7,13 @@ Layout of ``runs/<name>/``::
     id_maps/users.parquet  index ↔ original user id
     id_maps/items.parquet  index ↔ original item id
     interactions.parquet   user_idx, item_idx, label (0 train, 1 valid, 2 test)
+    items.parquet          item content (title, genres, ...) in item-index order, if any
     candidates_<split>.npy ranking candidates when restricted (cold-10: cold items)
     embeddings/users.npy   (n_users, D) float32 final representations
     embeddings/items.npy   (n_items, D) float32; score = users @ items.T
+    semantic_ids/items.parquet  item_id, c0..c{L-1} (codes), suffix (disambiguation)
+    semantic_ids/users.parquet  user_id, c0..c{L-1}, suffix (dual quantization), if any
+    semantic_ids/stats.json     per side: codebook size, utilisation, perplexity, collisions
     metrics.json           valid and test metrics of the best checkpoint
     checkpoints/           best.ckpt, last.ckpt (Lightning)
     logs/metrics.csv       per-epoch training and validation curves
@@ -143,6 +147,48 @@ class RunFolder:
                 atomic_write_npy(path, candidates[split].astype(np.int64))
             else:
                 path.unlink(missing_ok=True)
+
+    def write_items(self, items: pd.DataFrame | None) -> None:
+        """The item content table (rows in item-index order), for reports and serving."""
+        path = self.root / "items.parquet"
+        if items is None:
+            path.unlink(missing_ok=True)
+            return
+        atomic_write_parquet(items, path)
+
+    def items(self) -> pd.DataFrame | None:
+        path = self.root / "items.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+    def write_semantic_ids(
+        self, side: str, ids: np.ndarray, semantic_ids: np.ndarray, stats: dict[str, Any]
+    ) -> None:
+        """``semantic_ids``: ``(N, L+1)`` int, the last column the disambiguation suffix;
+        row n belongs to original id ``ids[n]``.  ``side`` is "items" or "users"."""
+        if side not in ("items", "users"):
+            raise ValueError(f"side must be 'items' or 'users', got {side!r}")
+        sid = np.asarray(semantic_ids, dtype=np.int64)
+        key = "item_id" if side == "items" else "user_id"
+        frame = pd.DataFrame({key: np.asarray(ids).astype(str)})
+        for level in range(sid.shape[1] - 1):
+            frame[f"c{level}"] = sid[:, level].astype(np.int32)
+        frame["suffix"] = sid[:, -1].astype(np.int32)
+        if frame.duplicated(subset=[c for c in frame.columns if c != key]).any():
+            raise ArtifactError(f"{side} semantic IDs are not unique after disambiguation")
+        atomic_write_parquet(frame, self.root / "semantic_ids" / f"{side}.parquet")
+        path = self.root / "semantic_ids" / "stats.json"
+        all_stats = json.loads(path.read_text()) if path.exists() else {}
+        all_stats[side] = stats
+        atomic_write_json(path, all_stats)
+
+    def semantic_ids(self, side: str = "items") -> pd.DataFrame | None:
+        """The saved semantic-ID table of ``side``, or None when the run has none."""
+        path = self.root / "semantic_ids" / f"{side}.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+    def semantic_id_stats(self) -> dict[str, Any]:
+        path = self.root / "semantic_ids" / "stats.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def write_embeddings(self, user: np.ndarray, item: np.ndarray) -> None:
         atomic_write_npy(self.root / "embeddings" / "users.npy", user.astype(np.float32))

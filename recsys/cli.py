@@ -111,6 +111,36 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {n} rows to {args.out}")
 
 
+def _semantic_ids(args: argparse.Namespace) -> None:
+    from recsys.artifacts import RunFolder
+    from recsys.report.inspect import export_semantic_ids
+
+    text = export_semantic_ids(RunFolder(Path(args.run)), args.out, side=args.side)
+    sys.stdout.write(text if args.out is None else text + "\n")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from recsys.artifacts import RunFolder
+    from recsys.report.inspect import format_inspection
+
+    print(format_inspection(RunFolder(Path(args.run)), side=args.side, examples=args.examples))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from recsys.report.build import build_report
+
+    out = build_report(
+        args.runs,
+        args.out,
+        max_points=args.max_points,
+        tsne=args.tsne,
+        n_users=args.example_users,
+        k=args.k,
+        seed=args.seed,
+    )
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +192,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-users", type=int, default=4096)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "semantic-ids", help="a run's semantic-ID table (id, c0.., suffix, semantic_id)"
+    )
+    p.add_argument("run")
+    p.add_argument("--side", default="items", choices=["items", "users"])
+    p.add_argument("--out", help="FILE.parquet or FILE.csv (default: CSV on stdout)")
+    p.set_defaults(func=_semantic_ids)
+
+    p = sub.add_parser(
+        "inspect", help="semantic-ID utilisation, collisions and items sharing a prefix"
+    )
+    p.add_argument("run")
+    p.add_argument("--side", default="items", choices=["items", "users"])
+    p.add_argument("--examples", type=int, default=5, help="prefixes shown per level")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of run folders")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True, help="report.html")
+    p.add_argument("--max-points", type=int, default=5000, help="items in the 2-D projection")
+    p.add_argument("--tsne", action="store_true", help="add a t-SNE projection (slower)")
+    p.add_argument("--example-users", type=int, default=3, help="example users per run")
+    p.add_argument("--k", type=int, default=10, help="recommendations per example user")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_report)
     return parser
 
 

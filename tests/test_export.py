@@ -74,8 +74,12 @@ def test_valid_split_masks_train_only_and_all_masks_everything(run, tmp_path):
     user_map, item_map = run.user_map(), run.item_map()
     recs["u"], recs["i"] = user_map.to_index(recs.user_id), item_map.to_index(recs.item_id)
     pairs = set(zip(recs.u, recs.i, strict=True))
-    train = set(zip(frame[frame.label == 0].user_idx, frame[frame.label == 0].item_idx, strict=True))
-    valid = set(zip(frame[frame.label == 1].user_idx, frame[frame.label == 1].item_idx, strict=True))
+    train = set(
+        zip(frame[frame.label == 0].user_idx, frame[frame.label == 0].item_idx, strict=True)
+    )
+    valid = set(
+        zip(frame[frame.label == 1].user_idx, frame[frame.label == 1].item_idx, strict=True)
+    )
     assert not pairs & train
     assert valid <= pairs  # k = whole catalogue: every unseen item is listed, valid ones too
     per_user = recs.groupby("u").size()
@@ -85,7 +89,9 @@ def test_valid_split_masks_train_only_and_all_masks_everything(run, tmp_path):
     export_recommendations(run.root, tmp_path / "all.parquet", split="all", k=30, progress=False)
     everything = pd.read_parquet(tmp_path / "all.parquet")
     ids = set(zip(everything.user_id, everything.item_id, strict=True))
-    seen_ids = set(zip(user_map.to_ids(frame.user_idx), item_map.to_ids(frame.item_idx), strict=True))
+    seen_ids = set(
+        zip(user_map.to_ids(frame.user_idx), item_map.to_ids(frame.item_idx), strict=True)
+    )
     assert not ids & seen_ids
 
 
@@ -107,12 +113,30 @@ def test_export_is_atomic(run, tmp_path, monkeypatch):
 
 def test_cli_export_and_errors(run, tmp_path):
     out = tmp_path / "cli.parquet"
-    cmd = [sys.executable, "-m", "recsys.cli", "export", str(run.root), "--k", "3", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsys.cli",
+        "export",
+        str(run.root),
+        "--k",
+        "3",
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(cmd + ["--no-progress"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert len(pd.read_parquet(out)) == 150
     bad = subprocess.run(
-        [sys.executable, "-m", "recsys.cli", "export", str(tmp_path / "nope"), "--out", "x.parquet"],
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "export",
+            str(tmp_path / "nope"),
+            "--out",
+            "x.parquet",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -69,7 +69,7 @@ def interleaved_users(sizes: list[int]) -> tuple[pd.DataFrame, dict[str, list[in
 
 def expected_labels(frame: pd.DataFrame, where: dict[str, list[int]], table) -> np.ndarray:
     out = np.full(len(frame), -9, dtype=np.int8)
-    for user, positions in where.items():
+    for positions in where.values():
         n_train, n_valid, n_test = table[len(positions)]
         labels = [TRAIN] * n_train + [VALID] * n_valid + [TEST] * n_test
         out[positions] = labels

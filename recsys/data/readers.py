@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.data.imdb import join_by_mapping, join_on_title_year
 from recsys.data.validate import (
     require_columns,
     require_ids,
@@ -82,8 +83,19 @@ def finalize_interactions(frame: pd.DataFrame, order_by: list[str] | None = None
     return frame.reset_index(drop=True)
 
 
-def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
-    """CSV / TSV / Parquet by extension; every column read as string for validation."""
+# pandas' default missing-value tokens.  An id column keeps them as the strings they are
+# (a user called "NA" or "null"); only an empty cell is a missing id there.
+_NA_TOKENS = frozenset(
+    ["#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"]
+    + ["<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+)
+
+
+def _read_table(path: Path, sep: str | None, id_cols: tuple[str, ...] = ()) -> pd.DataFrame:
+    """CSV / TSV / Parquet by extension; every column read as string for validation.
+
+    In CSV/TSV an empty cell is missing; the usual NA tokens are missing too, except in
+    ``id_cols``."""
     _exists(path)
     suffix = path.suffix.lower()
     try:
@@ -92,7 +104,11 @@ def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
             return frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object})
         if sep is None:
             sep = "\t" if suffix in {".tsv", ".tab", ".inter"} else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=True)
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+        for col in frame.columns:
+            if col not in id_cols:
+                frame[col] = frame[col].mask(frame[col].isin(_NA_TOKENS))
+        return frame
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
@@ -112,7 +128,7 @@ def read_interactions_table(
     else file order.  Ratings, if present, are ignored (implicit feedback).
     """
     path = Path(path)
-    frame = _read_table(path, sep)
+    frame = _read_table(path, sep, (user_col, item_col))
     require_nonempty(frame, path)
     require_columns(frame, [user_col, item_col] + ([time_col] if time_col else []), path)
     header = path.suffix.lower() not in {".parquet", ".pq"}
@@ -134,7 +150,7 @@ def read_items_table(
 ) -> pd.DataFrame:
     """A generic item table: an id column plus any content columns (kept as strings)."""
     path = Path(path)
-    frame = _read_table(path, sep)
+    frame = _read_table(path, sep, (id_col,))
     require_nonempty(frame, path)
     require_columns(frame, [id_col], path)
     require_ids(frame, id_col, path)
@@ -188,6 +204,12 @@ def read_ml100k(folder: str | Path) -> RawData:
             }
         )
         require_unique(items, "item_id", item_path, header=False)
+        items["year"] = pd.to_datetime(
+            items["release_date"], format="%d-%b-%Y", errors="coerce"
+        ).dt.year
+        mapping = folder.parent / "rdatasets-movies" / "ml100k_to_ggplot2movies.csv"
+        if mapping.exists():
+            items = join_by_mapping(items, mapping)
     users = None
     user_path = folder / "u.user"
     if user_path.exists():
@@ -256,7 +278,7 @@ def read_mmrec(folder: str | Path, name: str | None = None) -> RawData:
     folder = Path(folder)
     name = name or folder.name
     path = _exists(folder / f"{name}.inter")
-    table = _read_table(path, "\t")
+    table = _read_table(path, "\t", ("userID", "itemID"))
     require_nonempty(table, path)
     require_columns(table, ["userID", "itemID", "x_label"], path)
     require_ids(table, "userID", path)
@@ -310,4 +332,5 @@ def read_movielens_small() -> RawData:
             ],
         }
     )
-    return RawData("movielens-small", frame, items.reset_index(drop=True), sources=[source])
+    items = join_on_title_year(items.reset_index(drop=True), "title", "year")
+    return RawData("movielens-small", frame, items, sources=[source])

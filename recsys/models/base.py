@@ -19,23 +19,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from recsys.config import StrictModel
+from recsys.errors import ConfigError
 
 
 @dataclass
 class TrainingGraph:
-    """What a model may know at construction: sizes and the training interactions.
+    """What a model may know at construction: sizes, the training interactions and,
+    for content models, the frozen item features.
 
-    train_users, train_items: ``(E,)`` int64 indices of training pairs.
+    train_users, train_items: ``(E,)`` int64 indices of training pairs, in per-user
+        chronological order (a user's last pair is their most recent).
+    item_features: modality → (matrix (n_items, D_m), present (n_items,)), or None.
     """
 
     n_users: int
     n_items: int
     train_users: np.ndarray
     train_items: np.ndarray
+    item_features: Any = None
+    user_features: Any = None  # (matrix (n_users, D), present (n_users,)) side information
+    test_item_counts: np.ndarray | None = None  # only for the leaky oracle reference
+
+    def recency_rank(self) -> np.ndarray:
+        """``(E,)``: 0 for each user's most recent training pair, 1 for the one before..."""
+        order = np.arange(len(self.train_users))
+        frame = pd.DataFrame({"u": self.train_users, "o": order})
+        return frame.groupby("u")["o"].rank(ascending=False, method="first").to_numpy(int) - 1
 
     def item_counts(self) -> np.ndarray:
         return np.bincount(self.train_items, minlength=self.n_items)
@@ -45,12 +59,26 @@ class TrainingGraph:
 
 
 class Recommender(nn.Module):
-    """Base class: ``embeddings()`` gives ``(n_users, D)`` and ``(n_items, D)``; score = dot."""
+    """Base class: ``embeddings()`` gives ``(n_users, D)`` and ``(n_items, D)``; score = dot.
+
+    ``needs_item_features``: the runner builds the frozen item features (the config's
+    ``features`` section, or the dataset's preset) and passes them in the graph.
+    """
 
     trainable: bool = True
+    needs_item_features: bool = False
+    needs_user_features: bool = False
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def semantic_ids(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        """``{"items"|"users": (semantic IDs (N, L+1), stats)}`` for models that have them."""
+        return {}
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Scalars logged at the end of each training epoch (e.g. codebook health)."""
+        return {}
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Loss terms for one batch; ``"loss"`` is the total that is optimised.
@@ -72,6 +100,9 @@ BUILTIN_MODELS = {
     "popularity": "recsys.models.popularity",
     "mf": "recsys.models.mf",
     "lightgcn": "recsys.models.lightgcn",
+    "content": "recsys.models.content",
+    "two_stage": "recsys.models.two_stage",
+    "das": "recsys.models.das",
 }
 
 
@@ -84,7 +115,7 @@ def model_spec(kind: str) -> ModelSpec:
     if kind not in MODEL_REGISTRY and kind in BUILTIN_MODELS:
         importlib.import_module(BUILTIN_MODELS[kind])
     if kind not in MODEL_REGISTRY:
-        raise KeyError(kind)
+        raise ConfigError(f"unknown model kind {kind!r}; known: {model_kinds()}")
     return MODEL_REGISTRY[kind]
 
 

@@ -61,3 +61,16 @@ class SymmetricLGConv(LGConv):
 
     def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         return symmetric_spmm(adj_t, x)
+
+
+def layer_mean_propagation(x: Tensor, adj: Tensor, convs: torch.nn.ModuleList) -> Tensor:
+    """LightGCN's readout: the mean of ``x, Âx, Â²x, ...`` (one ``LGConv`` per layer).
+
+    x: ``(U+I, D)`` node embeddings → ``(U+I, D)``.
+    """
+    out = x
+    h = x
+    for conv in convs:
+        h = conv(h, adj)
+        out = out + h
+    return out / (len(convs) + 1)

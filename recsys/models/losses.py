@@ -34,3 +34,22 @@ def in_batch_softmax_loss(user: Tensor, item: Tensor, temperature: float = 1.0) 
     logits = user @ item.T / temperature
     target = torch.arange(user.shape[0], device=user.device)
     return F.cross_entropy(logits, target)
+
+
+def info_nce(anchor: Tensor, positive: Tensor, temperature: float = 0.2) -> Tensor:
+    """Symmetric-free InfoNCE with in-batch negatives on cosine similarity.
+
+    anchor, positive: ``(B, D)``; row b of ``positive`` is the positive of row b of
+    ``anchor``, every other row a negative.  Returns the mean of
+    ``-log softmax(cos(a_b, p_·) / τ)[b]``.
+    """
+    a = F.normalize(anchor, dim=-1)
+    p = F.normalize(positive, dim=-1)
+    logits = a @ p.T / temperature
+    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+
+
+def orthogonality_loss(a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared cosine between matching rows of ``a`` and ``b`` (``(B, D)`` each):
+    0 when every pair is orthogonal, 1 when every pair is parallel."""
+    return F.cosine_similarity(a, b, dim=-1, eps=1e-8).pow(2).mean()

@@ -25,7 +25,9 @@ def pairwise_loss(
     """Shared by MF and LightGCN.  user, pos: ``(B, D)``; neg: ``(B, N, D)`` or None."""
     if config.loss == "bpr":
         if neg is None:
-            raise ValueError("loss 'bpr' needs sampled negatives (trainer.negatives: sampled)")
+            raise ValueError(
+                "loss 'bpr' needs sampled negatives (trainer.sampling.negatives: sampled)"
+            )
         rec = bpr_loss((user * pos).sum(-1), (user.unsqueeze(1) * neg).sum(-1))
     else:
         rec = in_batch_softmax_loss(

@@ -9,6 +9,7 @@ from pydantic import field_validator
 from recsys.config import StrictModel, apply_overrides, load_yaml, validate
 from recsys.data.dataset import DataConfig
 from recsys.errors import ConfigError
+from recsys.features.pipeline import FeaturesConfig
 from recsys.models.base import model_kinds, model_spec
 from recsys.train.datamodule import SamplingConfig
 
@@ -41,6 +42,7 @@ class RunConfig(StrictModel):
     model: Any
     trainer: TrainerConfig = TrainerConfig()
     eval: EvalConfig = EvalConfig()
+    features: FeaturesConfig | None = None  # None: the dataset's preset, when a model needs it
 
     @field_validator("model", mode="before")
     @classmethod

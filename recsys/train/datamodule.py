@@ -41,13 +41,23 @@ class NegativeSampler:
         return self.keys[pos] == keys
 
     def sample(self, users: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
-        """users: ``(B,)`` → negatives ``(B, num)``."""
+        """users: ``(B,)`` → negatives ``(B, num)``, never a training positive of the user
+        (a user who has every item keeps whatever was drawn)."""
         neg = rng.integers(0, self.n_items, size=(len(users), num))
         for _ in range(20):
             bad = self.is_positive(users, neg)
             if not bad.any():
-                break
+                return neg
             neg[bad] = rng.integers(0, self.n_items, size=int(bad.sum()))
+        # Dense users: draw the few remaining collisions from the user's complement.
+        for row, col in zip(*np.nonzero(self.is_positive(users, neg)), strict=True):
+            user = int(users[row])
+            lo, hi = np.searchsorted(self.keys, [user * self.n_items, (user + 1) * self.n_items])
+            complement = np.setdiff1d(
+                np.arange(self.n_items), self.keys[lo:hi] - user * self.n_items, assume_unique=True
+            )
+            if len(complement):
+                neg[row, col] = complement[rng.integers(0, len(complement))]
         return neg
 
 

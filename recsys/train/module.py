@@ -44,6 +44,10 @@ class RecommenderModule(L.LightningModule):
             )
         return losses["loss"]
 
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.model.epoch_metrics().items():
+            self.log(f"train/{name}", float(value))
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         """Nothing per batch: the whole ranking evaluation runs at epoch end."""
 

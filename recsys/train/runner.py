@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -18,12 +21,12 @@ from lightning.pytorch.loggers import CSVLogger
 
 from recsys.artifacts import RunFolder
 from recsys.data.dataset import SplitDataset, load_dataset
-from recsys.data.splits import TRAIN
+from recsys.data.splits import TEST, TRAIN
 from recsys.errors import ConfigError
 from recsys.eval.ranking import evaluate
 from recsys.io import atomic_write_text
 from recsys.models import TrainingGraph, build_model
-from recsys.models.base import Recommender, dot_scores, frozen_embeddings
+from recsys.models.base import Recommender, dot_scores, frozen_embeddings, model_spec
 from recsys.train.config import RunConfig
 from recsys.train.datamodule import InteractionDataModule
 from recsys.train.module import RecommenderModule
@@ -171,6 +174,34 @@ def evaluate_embeddings(user, item, dataset: SplitDataset, config: RunConfig) ->
     return out
 
 
+def feature_cache_dir() -> Path:
+    return Path(os.environ.get("RECSYS_CACHE", ".cache/recsys")) / "features"
+
+
+def item_features(dataset: SplitDataset, config: RunConfig):
+    """Frozen item features aligned with item indices (cached on disk by content hash)."""
+    from recsys.features.pipeline import build_item_features
+    from recsys.features.presets import default_features
+
+    if dataset.item_table is None:
+        raise ConfigError(
+            f"model {config.model.kind!r} needs item content; {dataset.name} has none"
+        )
+    features = config.features or default_features(dataset.name)
+    return build_item_features(dataset.item_table, features, cache_dir=feature_cache_dir())
+
+
+def user_features(dataset: SplitDataset):
+    """Side information of users as (matrix, present), or None when the dataset has none."""
+    from recsys.features.presets import USER_PRESETS
+    from recsys.features.tabular import TabularEncoder
+
+    if dataset.user_table is None or dataset.name not in USER_PRESETS:
+        return None
+    encoder = TabularEncoder(USER_PRESETS[dataset.name])
+    return encoder.fit(dataset.user_table).encode(dataset.user_table)
+
+
 def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     """Train ``config`` into ``<output_dir>/<name>/`` and return that run folder."""
     _quiet_lightning()
@@ -187,14 +218,24 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
         dataset.labels,
         dataset.candidates,
     )
+    run.write_items(dataset.item_table)
     train_users, train_items = dataset.pairs(TRAIN)
     graph = TrainingGraph(dataset.n_users, dataset.n_items, train_users, train_items)
+    if getattr(config.model, "counts_from", None) == "test-oracle":
+        graph.test_item_counts = np.bincount(dataset.pairs(TEST)[1], minlength=dataset.n_items)
+    if model_spec(config.model.kind).build.needs_item_features:
+        graph.item_features = item_features(dataset, config)
+    if model_spec(config.model.kind).build.needs_user_features:
+        graph.user_features = user_features(dataset)
     model = build_model(config.model, graph)
     training: dict[str, Any] = {"epochs": 0, "train_seconds": 0.0}
     if model.trainable:
         training = fit(model, dataset, config, run, resume)
     user, item = frozen_embeddings(model)
     run.write_embeddings(user.numpy(), item.numpy())
+    id_maps = {"items": dataset.item_map, "users": dataset.user_map}
+    for side, (sids, stats) in model.semantic_ids().items():
+        run.write_semantic_ids(side, id_maps[side].ids, sids, stats)
     metrics = evaluate_embeddings(user, item, dataset, config)
     run.write_metrics(
         {
@@ -215,5 +256,6 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
         n_items=dataset.n_items,
         embedding_dim=int(user.shape[1]),
         seed=config.seed,
+        command=" ".join(sys.argv),
     )
     return run

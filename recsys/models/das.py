@@ -1,0 +1,327 @@
+"""One-stage dual-aligned semantic IDs, after DAS (Kuaishou, CIKM 2025).
+
+Towers, all trained together in one optimisation:
+
+* item semantic tower: frozen item features → :class:`ModalityFusion` → residual
+  quantizer → ``s_i``, the sum of the item's codewords (straight-through);
+* user semantic tower (dual quantization): the user's side information and the mean
+  content of their training history → fusion → a second residual quantizer → ``s_u``;
+* collaborative tower: ID embeddings propagated by LightGCN → ``e_u``, ``e_i``, each split
+  into an interest factor (first ``dim - pop_dim`` columns) and a conformity factor.
+
+Losses (each with a weight; 0 switches it off):
+
+* ``rec``: BPR on the final score;
+* ``quant``: the quantizers' commitment/codebook losses;
+* ``align_dual``: InfoNCE ``s_u ↔ e_i^int`` and ``e_u^int ↔ s_i`` over observed pairs;
+* ``align_self``: InfoNCE ``s_i ↔ e_i^int`` and ``s_u ↔ e_u^int``;
+* ``cooc``: InfoNCE ``s_i ↔ s_j`` for items sharing a user, ``s_u ↔ s_v`` for users
+  sharing an item (sampled from the training graph);
+* ``debias``: the conformity factor regresses the standardised log popularity (item
+  interaction count, user activity) and is kept orthogonal to the interest factor; only
+  interest factors are aligned;
+* ``reg``: L2 on the batch's ego embeddings.
+
+Final representations: user ``[e_u^int + γ s_u ; e_u^pop]``, item
+``[w_i e_i^int + γ s_i ; w_i e_i^pop]`` with ``w_i = 0`` for an item without training
+interactions: a cold item is scored from its semantic ID alone, never from an ID
+embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from recsys.config import StrictModel
+from recsys.models.base import Recommender, TrainingGraph, register_model
+from recsys.models.fusion import FusionConfig, ModalityFusion
+from recsys.models.losses import bpr_loss, info_nce, l2_penalty, orthogonality_loss
+from recsys.models.quantizer import QuantizerConfig, ResidualQuantizer, codebook_stats
+from recsys.models.semantic import GraphPropagation, semantic_id_table, warm_mask
+
+
+class LossWeights(StrictModel):
+    rec: float = 1.0
+    quant: float = 1.0
+    align_dual: float = 0.1
+    align_self: float = 0.1
+    cooc: float = 0.05
+    debias_pop: float = 0.1
+    debias_orth: float = 0.1
+    reg: float = 1e-5
+
+
+class DASConfig(StrictModel):
+    kind: Literal["das"] = "das"
+    dim: int = 64
+    pop_dim: int = Field(default=16, ge=0, description="conformity-factor columns of dim")
+    layers: int = 2
+    semantic_weight: float = Field(default=1.0, description="γ in the final representation")
+    temperature: float = 0.2
+    align_batch_size: int = Field(default=256, ge=2, description="rows used by InfoNCE terms")
+    input_dim: int = Field(default=64, ge=1, description="PCA size of each frozen feature block")
+    dual: bool = Field(default=True, description="user semantic tower and user quantizer")
+    item_fusion: FusionConfig = FusionConfig(hidden_dim=128, dropout=0.1, modality_dropout=0.1)
+    user_fusion: FusionConfig = FusionConfig(hidden_dim=128, dropout=0.1)
+    item_quantizer: QuantizerConfig = QuantizerConfig(
+        levels=3, codebook_size=256, sinkhorn_last_level=False, dead_code_steps=200
+    )
+    user_quantizer: QuantizerConfig = QuantizerConfig(
+        levels=3, codebook_size=256, sinkhorn_last_level=False, dead_code_steps=200
+    )
+    weights: LossWeights = LossWeights()
+
+    @model_validator(mode="after")
+    def _check(self) -> DASConfig:
+        if not 0 <= self.pop_dim < self.dim:
+            raise ValueError("pop_dim must be in [0, dim)")
+        return self
+
+    @property
+    def interest_dim(self) -> int:
+        return self.dim - self.pop_dim
+
+
+def pca_blocks(features: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, seed: int):
+    """Each frozen block reduced to ≤ ``dim`` columns by PCA fit on its present rows, then
+    scaled to unit mean norm: a frozen input transform that keeps the towers small."""
+    from sklearn.decomposition import PCA
+
+    out = {}
+    for name, (matrix, present) in features.items():
+        x = np.asarray(matrix, dtype=np.float32)
+        k = min(dim, x.shape[1], max(1, int(present.sum()) - 1))
+        if x.shape[1] > k and present.sum() > k:
+            pca = PCA(n_components=k, random_state=seed).fit(x[present])
+            x = pca.transform(x).astype(np.float32)
+        x[~present] = 0.0
+        scale = np.linalg.norm(x[present], axis=1).mean() if present.any() else 1.0
+        out[name] = (x / max(float(scale), 1e-8), np.asarray(present, dtype=bool))
+    return out
+
+
+def history_means(item_blocks, graph: TrainingGraph):
+    """Per item modality, the mean over each user's training items where present:
+    ``{"hist_<m>": ((U, D_m), present (U,))}``."""
+    out = {}
+    for name, (x, present) in item_blocks.items():
+        keep = present[graph.train_items]
+        users, items = graph.train_users[keep], graph.train_items[keep]
+        total = np.zeros((graph.n_users, x.shape[1]), dtype=np.float64)
+        np.add.at(total, users, x[items])
+        count = np.bincount(users, minlength=graph.n_users)
+        mean = total / np.maximum(count, 1)[:, None]
+        out[f"hist_{name}"] = (mean.astype(np.float32), count > 0)
+    return out
+
+
+class _Tower(nn.Module):
+    """Frozen inputs (as buffers) → fusion → residual quantizer."""
+
+    def __init__(self, blocks, fusion: FusionConfig, quantizer: QuantizerConfig, out_dim: int):
+        super().__init__()
+        self.names = list(blocks)
+        for i, name in enumerate(self.names):
+            x, present = blocks[name]
+            self.register_buffer(f"x{i}", torch.as_tensor(x))
+            self.register_buffer(f"p{i}", torch.as_tensor(present))
+        dims = {name: int(blocks[name][0].shape[1]) for name in self.names}
+        self.fusion = ModalityFusion(dims, fusion.model_copy(update={"output_dim": out_dim}))
+        self.quantizer = ResidualQuantizer.from_config(quantizer, out_dim)
+
+    def inputs(self, rows: Tensor | None) -> dict[str, tuple[Tensor, Tensor]]:
+        out = {}
+        for i, name in enumerate(self.names):
+            x, p = getattr(self, f"x{i}"), getattr(self, f"p{i}")
+            out[name] = (x, p) if rows is None else (x[rows], p[rows])
+        return out
+
+    def forward(self, rows: Tensor | None = None):
+        """rows ``(B,)`` (None: all) → QuantizerOutput (quantized ``(B, d)``, codes ...)."""
+        return self.quantizer(self.fusion(self.inputs(rows)))
+
+    @torch.no_grad()
+    def codes(self) -> Tensor:
+        was = self.training
+        self.eval()
+        codes = self.quantizer.encode(self.fusion(self.inputs(None)))
+        self.train(was)
+        return codes
+
+
+def _csr(src: np.ndarray, dst: np.ndarray, n_src: int) -> tuple[Tensor, Tensor]:
+    order = np.argsort(src, kind="stable")
+    indptr = np.zeros(n_src + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=n_src), out=indptr[1:])
+    return torch.as_tensor(indptr), torch.as_tensor(dst[order].astype(np.int64))
+
+
+def _standardized_log(counts: np.ndarray) -> Tensor:
+    x = np.log1p(counts.astype(np.float64))
+    return torch.as_tensor((x - x.mean()) / max(x.std(), 1e-8), dtype=torch.float32)
+
+
+@register_model("das", DASConfig)
+class DualAlignedSemanticIDs(Recommender):
+    needs_item_features = True
+    needs_user_features = True
+
+    def __init__(self, config: DASConfig, graph: TrainingGraph) -> None:
+        super().__init__()
+        if graph.item_features is None:
+            raise ValueError("das needs item features")
+        self.config = config
+        self.n_users, self.n_items = graph.n_users, graph.n_items
+        d_int = config.interest_dim
+        item_blocks = pca_blocks(dict(graph.item_features), config.input_dim, seed=0)
+        self.item_tower = _Tower(item_blocks, config.item_fusion, config.item_quantizer, d_int)
+        self.user_tower = None
+        if config.dual:
+            user_blocks = history_means(item_blocks, graph)
+            if graph.user_features is not None:
+                user_blocks.update(pca_blocks({"side": graph.user_features}, config.input_dim, 0))
+            self.user_tower = _Tower(user_blocks, config.user_fusion, config.user_quantizer, d_int)
+        self.user = nn.Embedding(graph.n_users, config.dim)
+        self.item = nn.Embedding(graph.n_items, config.dim)
+        nn.init.xavier_uniform_(self.user.weight)
+        nn.init.xavier_uniform_(self.item.weight)
+        self.propagation = GraphPropagation(graph, config.layers)
+        self.register_buffer("warm", warm_mask(graph))
+        self.register_buffer("item_pop", _standardized_log(graph.item_counts()))
+        self.register_buffer("user_pop", _standardized_log(graph.user_counts()))
+        self.pop_head = nn.Linear(max(config.pop_dim, 1), 1)
+        u_ptr, u_items = _csr(graph.train_users, graph.train_items, graph.n_users)
+        i_ptr, i_users = _csr(graph.train_items, graph.train_users, graph.n_items)
+        for name, t in (
+            ("u_ptr", u_ptr),
+            ("u_items", u_items),
+            ("i_ptr", i_ptr),
+            ("i_users", i_users),
+        ):
+            self.register_buffer(name, t, persistent=False)
+
+    # ---------------------------------------------------------------- representations
+    def _split(self, e: Tensor) -> tuple[Tensor, Tensor]:
+        d = self.config.interest_dim
+        return e[:, :d], e[:, d:]
+
+    def _final(self, e: Tensor, s: Tensor | None, warm: Tensor | None) -> Tensor:
+        interest, pop = self._split(e)
+        if warm is not None:
+            interest, pop = interest * warm[:, None], pop * warm[:, None]
+        if s is not None:
+            interest = interest + self.config.semantic_weight * s
+        return torch.cat([interest, pop], dim=1)
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        e_u, e_i = self.propagation(self.user.weight, self.item.weight)
+        s_i = self.item_tower(None).quantized
+        s_u = self.user_tower(None).quantized if self.user_tower is not None else None
+        return self._final(e_u, s_u, None), self._final(e_i, s_i, self.warm)
+
+    # ------------------------------------------------------------------------ losses
+    def _sample_neighbor(self, ptr: Tensor, nbrs: Tensor, rows: Tensor) -> Tensor:
+        """A uniformly drawn training neighbour of each row (rows with none: themselves)."""
+        start, deg = ptr[rows], ptr[rows + 1] - ptr[rows]
+        offset = (torch.rand(rows.shape, device=rows.device) * deg.clamp(min=1)).long()
+        picked = nbrs[(start + offset).clamp(max=max(len(nbrs) - 1, 0))]
+        return torch.where(deg > 0, picked, rows)
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        w, cfg = self.config.weights, self.config
+        users, pos = batch["users"], batch["pos_items"]
+        neg = batch["neg_items"][:, 0]
+        e_u_all, e_i_all = self.propagation(self.user.weight, self.item.weight)
+        # One tower pass over the batch's distinct items (and users): one EMA update a step.
+        items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        item_out = self.item_tower(items)
+        s_items = item_out.quantized
+        s_pos, s_neg = s_items[inverse[: len(pos)]], s_items[inverse[len(pos) :]]
+        terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
+        s_u = None
+        if self.user_tower is not None:
+            uniq_u, inv_u = torch.unique(users, return_inverse=True)
+            user_out = self.user_tower(uniq_u)
+            s_u = user_out.quantized[inv_u]
+            terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+        e_u, e_p, e_n = e_u_all[users], e_i_all[pos], e_i_all[neg]
+        u_final = self._final(e_u, s_u, None)
+        p_final = self._final(e_p, s_pos, self.warm[pos])
+        n_final = self._final(e_n, s_neg, self.warm[neg])
+        terms["rec_loss"] = bpr_loss((u_final * p_final).sum(-1), (u_final * n_final).sum(-1))
+        terms["reg_loss"] = l2_penalty(
+            self.user.weight[users], self.item.weight[pos], self.item.weight[neg]
+        )
+
+        # Alignment on a subset of the batch: in-batch InfoNCE is quadratic in its size.
+        a = torch.arange(min(len(users), cfg.align_batch_size), device=users.device)
+        (ui, up), (ii, ip) = self._split(e_u[a]), self._split(e_p[a])
+        zero = e_u.new_zeros(())
+        terms["align_dual_loss"] = zero
+        terms["align_self_loss"] = info_nce(s_pos[a], ii, cfg.temperature)
+        if s_u is not None:
+            terms["align_dual_loss"] = info_nce(s_u[a], ii, cfg.temperature) + info_nce(
+                ui, s_pos[a], cfg.temperature
+            )
+            terms["align_self_loss"] = terms["align_self_loss"] + info_nce(
+                s_u[a], ui, cfg.temperature
+            )
+        else:
+            terms["align_dual_loss"] = info_nce(ui, s_pos[a], cfg.temperature)
+        terms["cooc_loss"] = zero
+        if w.cooc:
+            j = self._sample_neighbor(self.u_ptr, self.u_items, users[a])
+            terms["cooc_loss"] = info_nce(s_pos[a], self.item_tower(j).quantized, cfg.temperature)
+            if self.user_tower is not None and s_u is not None:
+                v = self._sample_neighbor(self.i_ptr, self.i_users, pos[a])
+                terms["cooc_loss"] = terms["cooc_loss"] + info_nce(
+                    s_u[a], self.user_tower(v).quantized, cfg.temperature
+                )
+        terms["debias_pop_loss"] = zero
+        terms["debias_orth_loss"] = zero
+        if cfg.pop_dim > 0:
+            pred_i = self.pop_head(ip).squeeze(-1)
+            pred_u = self.pop_head(up).squeeze(-1)
+            terms["debias_pop_loss"] = F.mse_loss(pred_i, self.item_pop[pos[a]]) + F.mse_loss(
+                pred_u, self.user_pop[users[a]]
+            )
+            # Orthogonality needs equal widths: compare the pop factor with the interest
+            # factor's leading columns.
+            k = min(cfg.pop_dim, cfg.interest_dim)
+            terms["debias_orth_loss"] = orthogonality_loss(
+                ii[:, :k], ip[:, :k]
+            ) + orthogonality_loss(ui[:, :k], up[:, :k])
+        total = (
+            w.rec * terms["rec_loss"]
+            + w.quant * terms["quant_loss"]
+            + w.align_dual * terms["align_dual_loss"]
+            + w.align_self * terms["align_self_loss"]
+            + w.cooc * terms["cooc_loss"]
+            + w.debias_pop * terms["debias_pop_loss"]
+            + w.debias_orth * terms["debias_orth_loss"]
+            + w.reg * terms["reg_loss"]
+        )
+        return {"loss": total, **terms}
+
+    # ------------------------------------------------------------- semantic-ID health
+    def epoch_metrics(self) -> dict[str, float]:
+        stats = codebook_stats(self.item_tower.codes(), self.config.item_quantizer.codebook_size)
+        return {f"sid_{k}": v for k, v in stats.items() if k != "n_items"}
+
+    def semantic_ids(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        out = {
+            "items": semantic_id_table(
+                self.item_tower.codes(), self.config.item_quantizer.codebook_size
+            )
+        }
+        if self.user_tower is not None:
+            out["users"] = semantic_id_table(
+                self.user_tower.codes(), self.config.user_quantizer.codebook_size
+            )
+        return out

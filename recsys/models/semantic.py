@@ -1,0 +1,51 @@
+"""Pieces shared by the semantic-ID models (two-stage and DAS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from recsys.models.base import TrainingGraph
+from recsys.models.graph import SymmetricLGConv, layer_mean_propagation, normalized_adjacency
+from recsys.models.quantizer import assign_semantic_ids, codebook_stats
+
+
+class GraphPropagation(nn.Module):
+    """LightGCN propagation over the training graph for externally built node embeddings
+    (users first, then items)."""
+
+    def __init__(self, graph: TrainingGraph, layers: int) -> None:
+        super().__init__()
+        self.n_users = graph.n_users
+        self.convs = nn.ModuleList(SymmetricLGConv() for _ in range(layers))
+        self.adj = normalized_adjacency(
+            graph.train_users, graph.train_items, graph.n_users, graph.n_items
+        )
+
+    def _apply(self, fn, recurse=True):  # the derived adjacency follows the module's device
+        super()._apply(fn, recurse)
+        self.adj = fn(self.adj)
+        return self
+
+    def forward(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """users ``(U, D)``, items ``(I, D)`` → propagated ``(U, D)``, ``(I, D)``."""
+        out = layer_mean_propagation(torch.cat([users, items]), self.adj, self.convs)
+        return out[: self.n_users], out[self.n_users :]
+
+
+def semantic_id_table(codes: Tensor, codebook_size: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """codes ``(N, L)`` → (semantic IDs ``(N, L+1)`` with TIGER's suffix, stats)."""
+    stats = codebook_stats(codes, codebook_size)
+    sids = assign_semantic_ids(codes).cpu().numpy()
+    stats["codebook_size"] = codebook_size
+    stats["levels"] = int(codes.shape[1])
+    stats["max_suffix"] = int(sids[:, -1].max()) if len(sids) else 0
+    return sids, stats
+
+
+def warm_mask(graph: TrainingGraph) -> Tensor:
+    """``(n_items,)`` float: 1 for items with a training interaction, 0 for cold ones."""
+    return torch.as_tensor(graph.item_counts() > 0, dtype=torch.float32)

@@ -1,0 +1,98 @@
+"""Two-stage semantic IDs ("TIGER-style IDs, then CF"): the baseline DAS must beat.
+
+Stage 1 fits a residual quantizer on the frozen item content and freezes the codes.
+Stage 2 represents an item by the sum of learned per-level code embeddings (plus one for
+the disambiguating suffix and, optionally, a linear projection of the content), and
+trains it with LightGCN propagation and BPR (or in-batch softmax) against free user
+embeddings.  An item never seen in training still has its codes, hence a representation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from recsys.config import StrictModel
+from recsys.models.base import Recommender, TrainingGraph, register_model
+from recsys.models.content import content_item_matrix
+from recsys.models.mf import pairwise_loss
+from recsys.models.quantizer import QuantizerConfig, build_quantizer
+from recsys.models.semantic import GraphPropagation, semantic_id_table
+
+
+class TwoStageConfig(StrictModel):
+    kind: Literal["two_stage"] = "two_stage"
+    dim: int = 64
+    layers: int = 2
+    reg: float = 1e-5
+    loss: Literal["bpr", "softmax"] = "bpr"
+    temperature: float = 0.2
+    content_projection: bool = Field(
+        default=False, description="add a linear projection of the content to the code sum"
+    )
+    modality_weights: dict[str, float] = Field(default_factory=dict)
+    quantizer: QuantizerConfig = QuantizerConfig(kind="rqkmeans", levels=3, codebook_size=256)
+
+
+@register_model("two_stage", TwoStageConfig)
+class TwoStageSemanticIDs(Recommender):
+    needs_item_features = True
+
+    def __init__(self, config: TwoStageConfig, graph: TrainingGraph) -> None:
+        super().__init__()
+        if graph.item_features is None:
+            raise ValueError("two_stage needs item features")
+        self.config = config
+        content = content_item_matrix(graph.item_features, config.modality_weights)
+        # Stage 1: quantize the content once; the codes are frozen from here on.
+        self.quantizer = build_quantizer(config.quantizer).fit(content.astype(np.float32))
+        codes = self.quantizer.encode(content.astype(np.float32))
+        sids, self.sid_stats = semantic_id_table(codes, config.quantizer.codebook_size)
+        self.sid_stats["quantizer_history"] = (
+            self.quantizer.history[-1:] if self.quantizer.history else []
+        )
+        self.register_buffer("sids", torch.as_tensor(sids, dtype=torch.long))
+        k = config.quantizer.codebook_size
+        self.code_emb = nn.ModuleList(
+            nn.Embedding(k, config.dim) for _ in range(config.quantizer.levels)
+        )
+        self.suffix_emb = nn.Embedding(int(sids[:, -1].max()) + 1, config.dim)
+        self.user = nn.Embedding(graph.n_users, config.dim)
+        for emb in [*self.code_emb, self.user]:
+            nn.init.xavier_uniform_(emb.weight)
+        nn.init.zeros_(self.suffix_emb.weight)  # collisions start shared, then separate
+        self.projection = None
+        if config.content_projection:
+            self.register_buffer("content", torch.as_tensor(content, dtype=torch.float32))
+            self.projection = nn.Linear(content.shape[1], config.dim, bias=False)
+        self.propagation = GraphPropagation(graph, config.layers)
+
+    def item_ego(self) -> Tensor:
+        """``(n_items, dim)``: Σ_l code_emb_l[c_l] + suffix_emb[suffix] (+ W·content)."""
+        out = self.suffix_emb(self.sids[:, -1])
+        for level, emb in enumerate(self.code_emb):
+            out = out + emb(self.sids[:, level])
+        if self.projection is not None:
+            out = out + self.projection(self.content)
+        return out
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.propagation(self.user.weight, self.item_ego())
+
+    def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        ego_items = self.item_ego()
+        users_all, items_all = self.propagation(self.user.weight, ego_items)
+        users, pos = batch["users"], batch["pos_items"]
+        reg_terms = [self.user.weight[users], ego_items[pos]]
+        neg_emb = None
+        if "neg_items" in batch:
+            neg_emb = items_all[batch["neg_items"]]
+            reg_terms.append(ego_items[batch["neg_items"].flatten()])
+        return pairwise_loss(self.config, users_all[users], items_all[pos], neg_emb, reg_terms)  # type: ignore[arg-type]
+
+    def semantic_ids(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        return {"items": (self.sids.cpu().numpy(), self.sid_stats)}
