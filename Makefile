@@ -40,3 +40,13 @@ test: install
 
 clean:
 	rm -rf $(RUNS) .pytest_cache .ruff_cache
+
+# A screenshot of `recsys report` for REPORT_RUNS (headless Chromium, offline:
+# `apt-get install -y chromium`); the PNG is reduced below 1 MB.
+REPORT_RUNS ?= $(RUNS)/lightgcn-ml100k-loo $(RUNS)/tune-ml100k-reg1e-5 $(RUNS)/content-ml100k-cold10
+REPORT_SCREENSHOT ?= docs/report_screenshot.png
+REPORT_HEIGHT ?= 8500
+.PHONY: report-screenshot
+report-screenshot: install
+	RECSYS=$(RECSYS) PYTHON=$(BIN)/python HEIGHT=$(REPORT_HEIGHT) \
+		bench/screenshot_report.sh $(REPORT_SCREENSHOT) $(REPORT_RUNS)

@@ -26,42 +26,21 @@ def _train(args: argparse.Namespace) -> None:
 def _data(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from recsys.config import load_config
+    from recsys.config import apply_overrides, load_yaml, validate
     from recsys.data.dataset import DataConfig, load_dataset
 
-    config = load_config(_Section(DataConfig), args.config, args.overrides).data
+    raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.overrides)
+    config = validate(
+        DataConfig, raw.get("data", {}), source=str(args.config or "config"), prefix="data."
+    )
     ds = load_dataset(config)
     counts = np.bincount(ds.labels, minlength=3)
-    print(
-        json.dumps(
-            {
-                "dataset": ds.name,
-                "split": ds.protocol,
-                "users": ds.n_users,
-                "items": ds.n_items,
-                "train": int(counts[0]),
-                "valid": int(counts[1]),
-                "test": int(counts[2]),
-                "fingerprint": ds.fingerprint,
-            },
-            indent=2,
-        )
-    )
-
-
-def _Section(data_cls):  # noqa: N802 - a tiny config holding just the data section
-    from typing import Any
-
-    from pydantic import create_model
-
-    from recsys.config import StrictModel
-
-    return create_model(
-        "DataOnly",
-        __base__=StrictModel,
-        data=(data_cls, ...),
-        **{k: (Any, None) for k in ("name", "seed", "output_dir", "model", "trainer", "eval")},
-    )
+    summary = {
+        "dataset": ds.name, "split": ds.protocol, "users": ds.n_users, "items": ds.n_items,
+        "train": int(counts[0]), "valid": int(counts[1]), "test": int(counts[2]),
+        "fingerprint": ds.fingerprint,
+    }  # fmt: skip
+    print(json.dumps(summary, indent=2))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -99,6 +78,20 @@ def _export(args: argparse.Namespace) -> None:
     users = None
     if args.users:
         users = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
+    if args.partitioned:
+        from recsys.export.topk import export_partitioned
+
+        summary = export_partitioned(
+            args.run,
+            args.out,
+            split=args.split,
+            k=args.k,
+            user_ids=users,
+            chunk_users=args.chunk_users,
+            progress=not args.no_progress,
+        )
+        print(json.dumps(summary, indent=2))
+        return
     n = export_recommendations(
         args.run,
         args.out,
@@ -139,6 +132,93 @@ def _report(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     print(f"wrote {out}")
+
+
+def _index(args: argparse.Namespace) -> None:
+    import faiss
+    import torch
+
+    from recsys.artifacts import RunFolder
+    from recsys.config import apply_overrides, validate
+    from recsys.index.faiss_index import IndexConfig, build_for_run
+
+    base = {"kind": "factory", "factory": args.factory} if args.factory else {"kind": args.kind}
+    if args.name:
+        base["name"] = args.name
+    config = validate(IndexConfig, apply_overrides(base, args.params), source="index")
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    run = RunFolder(Path(args.run))
+    index = build_for_run(run, config)
+    meta = index.meta
+    out = {
+        "run": str(run.root),
+        "name": meta.name,
+        "kind": meta.kind,
+        "factory": meta.factory,
+        "mips_to_l2": meta.mips_to_l2,
+        "params": meta.params,
+        "calibration": meta.calibration,
+        "n_items": meta.n_items,
+        "dim": meta.dim,
+        "build_seconds": meta.build_seconds,
+        "index_bytes": meta.index_bytes,
+    }
+    if not args.no_save:
+        out["path"] = str(index.save(run))
+    if args.eval:
+        from recsys.index.evaluate import evaluate_index
+
+        users, _ = run.embeddings()
+        out.update(
+            evaluate_index(
+                index, users, k=10, max_queries=args.eval_users, single_queries=args.single_queries
+            )
+        )
+    print(json.dumps(out, indent=2))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from recsys.artifacts import RunFolder
+    from recsys.config import apply_overrides, validate
+    from recsys.serve.app import CONFIG_ENV, RUN_ENV, create_app
+    from recsys.serve.config import ServeConfig
+
+    base = {"index": args.index, "max_k": args.max_k, "search_threads": args.search_threads}
+    if args.adds_journal:
+        base["adds_journal"] = str(Path(args.adds_journal).resolve())
+    if args.image_root:
+        base["image_root"] = str(Path(args.image_root).resolve())
+    config = validate(ServeConfig, apply_overrides(base, args.settings), source="serve")
+    run_dir = Path(args.run).resolve()
+    RunFolder(run_dir).manifest()  # fail now on a folder that is not a finished run
+    if args.workers > 1:
+        if config.adds_journal is None:
+            print(
+                "warning: with several workers and no --adds-journal, an added item lives in"
+                " the worker that received it only",
+                file=sys.stderr,
+            )
+        os.environ[RUN_ENV] = str(run_dir)
+        os.environ[CONFIG_ENV] = config.model_dump_json()
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recsys-prom-"))
+        uvicorn.run(
+            "recsys.serve.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+        return
+    app = create_app(run_dir, config, background=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", help="file with one user id per line (default: see --split)")
     p.add_argument("--chunk-users", type=int, default=4096)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--partitioned",
+        action="store_true",
+        help="--out is a folder of part-NNNNN.parquet files (one per user chunk); resumable",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser(
@@ -218,6 +303,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="recommendations per example user")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "index", help="build a FAISS index over a run's items into RUN/index/ (and evaluate it)"
+    )
+    p.add_argument("run")
+    p.add_argument("--kind", default="hnsw", choices=["flat", "ivf", "hnsw", "ivfpq"])
+    p.add_argument("--factory", help="a raw FAISS factory string instead of --kind")
+    p.add_argument("--name", help="file name under RUN/index/ (default: the kind)")
+    p.add_argument(
+        "--set",
+        dest="params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an index setting (repeatable): --set nprobe=32 --set ef_search=256",
+    )
+    p.add_argument("--eval", action="store_true", help="recall@10 vs exact search, QPS")
+    p.add_argument("--eval-users", type=int, default=5000, help="query users sampled")
+    p.add_argument("--single-queries", type=int, default=1000, help="timed one at a time")
+    p.add_argument("--threads", type=int, help="FAISS / torch threads (default: all cores)")
+    p.add_argument("--no-save", action="store_true")
+    p.set_defaults(func=_index)
+
+    p = sub.add_parser("serve", help="HTTP API over a run (recommendations, similar, adds)")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--index", default="hnsw", help="RUN/index/<name>.faiss, or a kind to build")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-k", type=int, default=100)
+    p.add_argument("--search-threads", type=int, default=1, help="FAISS threads per search")
+    p.add_argument("--adds-journal", help="file that persists added items, shared by workers")
+    p.add_argument("--image-root", help="folder that new items' image paths must lie under")
+    p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any ServeConfig setting (repeatable): --set semantic.enabled=false",
+    )
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -69,14 +69,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def validate(model: type[T], raw: dict[str, Any], source: str = "config") -> T:
-    """Validate ``raw`` into ``model``; errors name every bad dotted key."""
+def validate(model: type[T], raw: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Validate ``raw`` into ``model``; errors name every bad dotted key (after ``prefix``)."""
     try:
         return model.model_validate(raw)
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+            loc = prefix + ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
             lines.append(f"  {loc}: {msg}")
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None

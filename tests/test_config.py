@@ -56,3 +56,25 @@ def test_every_shipped_config_validates():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_yaml("/nonexistent/config.yaml")
+
+
+def test_cli_help_lists_subcommands(capsys):
+    from recsys.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "data", "evaluate", "table", "export"):
+        assert command in out
+
+
+def test_cli_misspelt_override_exits_nonzero_naming_the_key(capsys, tmp_path):
+    from recsys.cli import main
+
+    code = main(
+        ["train", "-c", str(REPO / "configs" / "mf.yaml"), "model.dimm=3", f"output_dir={tmp_path}"]
+    )
+    assert code == 2
+    assert "model.dimm: unknown key" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -182,3 +182,17 @@ def test_cli_inspect_prints_the_summary(tmp_path, capsys):
     assert main(["inspect", str(run.root), "--examples", "2"]) == 0
     out = capsys.readouterr().out
     assert "level 1: 3/4 codes used (75.0%)" in out and "Alien 3" in out
+
+
+def test_user_side_uses_its_own_quantizer_size(tmp_path):
+    config = {"model": {"item_quantizer": {"codebook_size": 4},
+                        "user_quantizer": {"codebook_size": 16}}}  # fmt: skip
+    run = make_run(tmp_path, config=config)
+    users = np.array(["u1", "u2", "u3"])
+    run.write_semantic_ids("users", users, np.array([[5, 0], [5, 1], [7, 0]]), {"max_suffix": 1})
+    text = format_inspection(run, side="users")
+    assert "level 0: 2/16 codes used (12.5%)" in text and "(config.yaml)" in text
+    assert "2 of 3 users share their codes with another user" in text
+    assert "stats.json agrees" in text
+    assert block(text, "c0=5 (2 users)") == ["u1", "u2"]
+    assert "level 0: 3/4 codes used" in format_inspection(run, side="items")

@@ -15,8 +15,8 @@ from PIL import Image
 from recsys.artifacts import RunFolder
 from recsys.cli import main
 from recsys.models.quantizer import QuantizerConfig, assign_semantic_ids, build_quantizer
-from recsys.report.build import SECTIONS, render_report
-from recsys.report.data import item_categories, pick_users, read_curves
+from recsys.report.build import SECTIONS
+from recsys.report.data import group_curves, item_categories, pick_users, read_curves
 from recsys.train.config import parse_run_config
 from recsys.train.runner import train_run
 
@@ -190,7 +190,30 @@ def test_report_needs_complete_run_folders(tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_render_is_deterministic_apart_from_the_date(runs):
-    args = [runs["mf"].root]
-    strip = lambda s: re.sub(r"generated [^<]*", "", s)  # noqa: E731
-    assert strip(render_report(args, n_users=1)) == strip(render_report(args, n_users=1))
+def test_curve_panels_group_loss_terms_and_metric_families():
+    columns = [
+        "train/loss",
+        "val/loss",
+        "train/recon_loss",
+        "train/sid_utilization_l1",
+        "train/sid_utilization_mean",
+        "train/sid_utilization_l0",
+        "train/sid_perplexity_l0",
+        "train/sid_collision_rate",
+        "val/ndcg@20",
+        "val/ndcg@5",
+        "val/mrr",
+    ]
+    assert group_curves(columns) == {
+        "loss": ["train/loss", "val/loss"],
+        "recon_loss": ["train/recon_loss"],
+        "mrr": ["val/mrr"],
+        "ndcg": ["val/ndcg@5", "val/ndcg@20"],
+        "sid_collision_rate": ["train/sid_collision_rate"],
+        "sid_perplexity": ["train/sid_perplexity_l0"],
+        "sid_utilization": [
+            "train/sid_utilization_l0",
+            "train/sid_utilization_l1",
+            "train/sid_utilization_mean",
+        ],
+    }

@@ -2,13 +2,29 @@
 
 Reads only the run folder (embeddings, id maps, interactions): never the training code.
 Rows: ``user_id`` (str), ``item_id`` (str), ``rank`` (1-based int32), ``score`` (float32).
+
+Two outputs:
+
+* one file (``export_recommendations``): Parquet or CSV, written to a temporary file
+  and renamed, so it appears whole or not at all;
+* a partitioned folder (``export_partitioned``), resumable: ``DIR/part-00000.parquet``
+  ... one file per chunk of ``chunk_users`` users (in user-index order), each written
+  atomically, plus ``DIR/_manifest.json`` (run fingerprint, split, k, chunk size, hash of
+  the user list) written before the first part and ``DIR/_SUCCESS`` after the last. A
+  rerun of the same export skips the parts that exist, so an interrupted export resumes
+  with no user duplicated or missing; a rerun with other parameters into the same folder
+  is refused, since its parts would not line up.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +36,8 @@ from recsys.artifacts import RunFolder
 from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.errors import RecsysError
 from recsys.eval.ranking import iter_topk
-from recsys.io import atomic_path
+from recsys.index.fingerprint import run_fingerprint
+from recsys.io import atomic_path, atomic_write_json, atomic_write_text
 
 ExportSplit = Literal["test", "valid", "all"]
 SCHEMA = pa.schema(
@@ -52,6 +69,47 @@ def select_users(run: RunFolder, split: ExportSplit, user_ids: list[str] | None)
     return np.unique(frame.loc[frame["label"] == TRUTH[split], "user_idx"].to_numpy())
 
 
+class _Scorer:
+    """What every chunk of an export needs: embeddings, id maps, masks and candidates."""
+
+    def __init__(self, run: RunFolder, split: ExportSplit, k: int) -> None:
+        if k <= 0:
+            raise RecsysError(f"k must be positive, got {k}")
+        self.k = k
+        self.user_emb, self.item_emb = (torch.from_numpy(a) for a in run.embeddings())
+        self.user_map, self.item_map = run.user_map(), run.item_map()
+        self.exclude = run.matrix(*SEEN[split])
+        candidates = run.candidates("test" if split == "all" else split)
+        self.candidates = None if split == "all" else candidates  # production: everything
+
+    def score(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.user_emb[batch] @ self.item_emb.T
+
+    def tables(self, users: np.ndarray, chunk_users: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        """``(users_chunk (B,), table of ≤ B·k rows)`` per chunk of ``users``, in order."""
+        for chunk, items, scores in iter_topk(
+            self.score, users, self.k, self.exclude, self.candidates, batch_size=chunk_users
+        ):
+            items_np, scores_np = items.numpy(), scores.numpy()
+            valid = items_np >= 0  # a user with fewer than k unseen items gets fewer rows
+            ranks = np.broadcast_to(
+                np.arange(1, items_np.shape[1] + 1, dtype=np.int32), items_np.shape
+            )
+            rows_user = np.repeat(chunk, items_np.shape[1]).reshape(items_np.shape)
+            yield (
+                chunk,
+                pa.table(
+                    {
+                        "user_id": pa.array(self.user_map.to_ids(rows_user[valid]).astype(str)),
+                        "item_id": pa.array(self.item_map.to_ids(items_np[valid]).astype(str)),
+                        "rank": pa.array(ranks[valid], pa.int32()),
+                        "score": pa.array(scores_np[valid].astype(np.float32)),
+                    },
+                    schema=SCHEMA,
+                ),
+            )
+
+
 def iter_recommendation_tables(
     run: RunFolder,
     split: ExportSplit = "test",
@@ -61,37 +119,12 @@ def iter_recommendation_tables(
     progress: bool = True,
 ) -> Iterator[pa.Table]:
     """Yield one Arrow table per chunk of users, ``(chunk × k)`` rows at most."""
-    if k <= 0:
-        raise RecsysError(f"k must be positive, got {k}")
-    user_emb, item_emb = (torch.from_numpy(a) for a in run.embeddings())
-    user_map, item_map = run.user_map(), run.item_map()
+    scorer = _Scorer(run, split, k)
     users = select_users(run, split, user_ids)
-    exclude = run.matrix(*SEEN[split])
-    candidates = run.candidates("test" if split == "all" else split)
-    if split == "all":
-        candidates = None  # production ranks the whole catalogue
-
-    def score(batch: torch.Tensor) -> torch.Tensor:
-        return user_emb[batch] @ item_emb.T
-
     bar = tqdm(total=len(users), unit="user", desc="export", disable=not progress)
-    for chunk_users_idx, items, scores in iter_topk(
-        score, users, k, exclude, candidates=candidates, batch_size=chunk_users
-    ):
-        items_np, scores_np = items.numpy(), scores.numpy()
-        valid = items_np >= 0  # a user with fewer than k unseen items gets fewer rows
-        ranks = np.broadcast_to(np.arange(1, items_np.shape[1] + 1, dtype=np.int32), items_np.shape)
-        rows_user = np.repeat(chunk_users_idx, items_np.shape[1]).reshape(items_np.shape)
-        yield pa.table(
-            {
-                "user_id": pa.array(user_map.to_ids(rows_user[valid]).astype(str)),
-                "item_id": pa.array(item_map.to_ids(items_np[valid]).astype(str)),
-                "rank": pa.array(ranks[valid], pa.int32()),
-                "score": pa.array(scores_np[valid].astype(np.float32)),
-            },
-            schema=SCHEMA,
-        )
-        bar.update(len(chunk_users_idx))
+    for chunk, table in scorer.tables(users, chunk_users):
+        yield table
+        bar.update(len(chunk))
     bar.close()
 
 
@@ -128,3 +161,119 @@ def export_recommendations(
                     writer.write_table(table)
                     n_rows += table.num_rows
     return n_rows
+
+
+MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
+PARTS_FORMAT = 1
+
+
+def part_path(out_dir: Path, n: int) -> Path:
+    return out_dir / f"part-{n:05d}.parquet"
+
+
+def _write_part(table: pa.Table, path: Path) -> None:
+    """One part, atomically (a killed export leaves at most a hidden temporary file)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def export_partitioned(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    split: ExportSplit = "test",
+    k: int = 20,
+    user_ids: list[str] | None = None,
+    chunk_users: int = 4096,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write top-``k`` per user to ``out_dir/part-NNNNN.parquet``, resumably.
+
+    Part ``n`` holds the users ``users[n·chunk_users : (n+1)·chunk_users]`` of the sorted
+    user selection (see :func:`select_users`). Parts already present (from an interrupted
+    run of the same export) are kept and skipped. Raises ``RecsysError`` when ``out_dir``
+    holds an export with other parameters, or part files without a manifest.
+
+    Returns ``rows`` (all parts), ``users``, ``parts``, ``written`` and ``skipped`` parts,
+    ``seconds`` and ``users_per_second`` (of the users scored by this call).
+    """
+    start = time.perf_counter()
+    if chunk_users < 1:
+        raise RecsysError(f"chunk_users must be >= 1, got {chunk_users}")
+    if k <= 0:
+        raise RecsysError(f"k must be positive, got {k}")
+    run = RunFolder(Path(run_dir))
+    fingerprint = run_fingerprint(run)  # also fails early on an unfinished run
+    out_dir = Path(out_dir)
+    users = select_users(run, split, user_ids)
+    n_parts = math.ceil(len(users) / chunk_users)
+    manifest = {
+        "format": PARTS_FORMAT,
+        "run": str(run.root.resolve()),
+        "run_fingerprint": fingerprint,
+        "split": split,
+        "k": k,
+        "chunk_users": chunk_users,
+        "n_users": len(users),
+        "users_sha256": hashlib.sha256(users.astype("<i8").tobytes()).hexdigest(),
+        "n_parts": n_parts,
+        "schema": [f"{f.name}:{f.type}" for f in SCHEMA],
+    }
+    _claim(out_dir, manifest)
+    for stale in out_dir.glob(".part-*.tmp"):  # left by a killed writer
+        stale.unlink(missing_ok=True)
+
+    pending = [n for n in range(n_parts) if not part_path(out_dir, n).exists()]
+    done_users = len(users) - sum(
+        len(users[n * chunk_users : (n + 1) * chunk_users]) for n in pending
+    )
+    bar = tqdm(
+        total=len(users), initial=done_users, unit="user", desc="export", disable=not progress
+    )
+    scored = 0
+    if pending:
+        scorer = _Scorer(run, split, k)
+        for n in pending:
+            chunk_users_idx = users[n * chunk_users : (n + 1) * chunk_users]
+            ((_, table),) = scorer.tables(chunk_users_idx, chunk_users)
+            _write_part(table, part_path(out_dir, n))
+            scored += len(chunk_users_idx)
+            bar.update(len(chunk_users_idx))
+    bar.close()
+    seconds = time.perf_counter() - start
+    atomic_write_text(out_dir / SUCCESS, "")
+    rows = sum(pq.ParquetFile(part_path(out_dir, n)).metadata.num_rows for n in range(n_parts))
+    return {
+        "out": str(out_dir),
+        "rows": rows,
+        "users": len(users),
+        "parts": n_parts,
+        "written": len(pending),
+        "skipped": n_parts - len(pending),
+        "seconds": round(seconds, 3),
+        "users_per_second": round(scored / seconds, 1) if scored else None,
+    }
+
+
+def _claim(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest into a fresh folder, or check that it matches the one there."""
+    path = out_dir / MANIFEST
+    if path.exists():
+        try:
+            found = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise RecsysError(f"{path}: unreadable manifest ({err}); delete {out_dir}") from None
+        keys = [key for key in manifest if key != "run"]  # the run folder may have moved
+        diff = [
+            f"{key} {found.get(key)!r} there, {manifest[key]!r} now"
+            for key in keys
+            if found.get(key) != manifest[key]
+        ]
+        if diff:
+            raise RecsysError(
+                f"{out_dir} holds another export ({'; '.join(diff)}); choose another --out"
+                " or delete that folder"
+            )
+        return
+    if out_dir.exists() and any(out_dir.glob("part-*.parquet")):
+        raise RecsysError(f"{out_dir} has part files but no {MANIFEST}; refusing to mix exports")
+    atomic_write_json(path, manifest)

@@ -1,41 +1,53 @@
 """FAISS indexes over a run's item embeddings; scores are inner products ``users @ items.T``.
 
 Kinds (``IndexConfig.kind``) and the FAISS factory strings they build, for ``N`` items of
-dimension ``D``:
+dimension ``D`` (metric: inner product):
 
 ============  ====================================  ==========================================
-kind          factory                               defaults
+kind          factory                               parameters
 ============  ====================================  ==========================================
 ``flat``      ``Flat`` (``IndexFlatIP``)            exact
-``hnsw``      ``HNSW{M}``                           M 32, efConstruction 64, efSearch 128
-``ivf``       ``IVF{nlist},Flat``                   nlist ≈ √N (≥ 39 items per list), nprobe
-                                                    = nlist / 4
-``ivfpq``     ``IVF{nlist},PQ{m}x{bits}``           m = index dim / 4, bits = 8 (fewer for
-                                                    small catalogues), rerank ×4
-``factory``   any factory string (``factory=...``)  metric inner product
+``hnsw``      ``HNSW{M}``                           M 32, efConstruction 64; efSearch (*)
+``ivf``       ``IVF{nlist},Flat``                   nlist ≈ √N (≥ 39 items per list); nprobe (*)
+``ivfpq``     ``IVF{nlist},PQ{m}x{bits}``           m = D / 4, bits 8 (fewer below 10k items),
+                                                    over-fetch ×4 before exact rescoring;
+                                                    nprobe (*)
+``factory``   any factory string (``factory=...``)  as given
 ============  ====================================  ==========================================
+
+(*) **Calibrated search parameters.** How many IVF lists to probe (or how wide HNSW's
+search beam must be) for a given recall depends on the embedding distribution far more
+than on ``N``: on Amazon Beauty, nprobe = nlist / 4 gives recall@10 0.97 for a trained
+LightGCN but 0.89 for a briefly trained MF whose top-10 lists cover as much of the
+catalogue. So when an index is built from a run (``build_for_run``), the search parameter
+the config leaves unset is the smallest of a ladder (nprobe: nlist/64 .. nlist; efSearch:
+16 .. 1024; rungs x1.4 apart) whose recall@10 against exact search, on a sample of the
+run's own users, reaches ``target_recall`` (0.96). The choice and the recall it reached
+are saved in the index's JSON (``calibration``). Without queries
+(``ItemIndex.build(items)``), or with ``target_recall: null``, the fixed defaults apply:
+nprobe = nlist / 4, efSearch = 128.
 
 **Inner product, exactly.** Whatever the index, its hits are candidates: their scores are
 recomputed as exact dot products from the stored item vectors and the list is ordered by
-score descending, then item index ascending (``recsys.eval.ranking``'s order). For IVF
-kinds the index is built on the standard MIPS → nearest-neighbour reduction (Bachrach et
-al., 2014): items become ``[x, sqrt(M² - |x|²)]`` and queries ``[q, 0]`` with ``M`` the
-largest item norm, so that the L2 nearest neighbours are exactly the inner-product best.
-Coarse quantisers clustered by inner product put most of a norm-skewed catalogue in a few
-lists; on trained embeddings the reduction reaches the same recall with a few times fewer
-probes. (``mips_to_l2`` switches it; HNSW and flat search the inner product directly.)
+score descending, then item index ascending (``recsys.eval.ranking``'s order).
+``mips_to_l2: true`` builds the index on the MIPS → nearest-neighbour reduction (Bachrach
+et al., 2014): items become ``[x, sqrt(M² - |x|²)]`` and queries ``[q, 0]`` with ``M`` the
+largest item norm, so that L2 nearest neighbours are exactly the inner-product best. It
+helps IVF where a few popular items dominate the top-k lists (ML-100k LightGCN: recall
+0.99 vs 0.77 at nprobe = nlist / 8) and hurts where the lists are spread out (Beauty
+LightGCN: 0.95 vs 0.97 at nlist / 4), so it is off by default.
 
 **Ids.** FAISS ids are item indices (rows of ``embeddings/items.npy``): every index is an
 ``IndexIDMap2`` over the base index, the catalogue is added with ids ``0..N-1`` and items
 added later get ``N, N+1, ...`` (also for HNSW, whose own ids could not be chosen).
 
-**Excluding seen items.** ``search`` over-fetches: it asks FAISS for ``k + max |exclude|``
-hits per query of the batch (times ``rerank_factor``), drops excluded ones and keeps the
-best ``k``. An ``IDSelector`` would avoid the over-fetch but is per query (no batching
-across users with different histories), is slower inside HNSW's graph walk for large
-exclusion sets and is not supported by every GPU index. A list can come back shorter than
-``k`` (trailing ``-1`` ids, ``-inf`` scores) only when the index returned fewer hits than
-asked (an IVF probe that visits fewer than ``k + |exclude|`` items).
+**Excluding seen items.** ``search`` over-fetches: it asks FAISS for ``k + max |exclude|
++ 1`` hits per query of the batch (times ``rerank_factor``), drops excluded ones and keeps
+the best ``k``. An ``IDSelector`` would avoid the over-fetch but is per query (no batching
+across users with different histories), slows HNSW's graph walk for large exclusion sets
+and is not supported by every GPU index. A list comes back shorter than ``k`` (trailing
+``-1`` ids, ``-inf`` scores) only when the index returned fewer hits than asked (an IVF
+probe that visits fewer than ``k + |exclude|`` items).
 
 **GPU.** With ``faiss.get_num_gpus() > 0`` (a faiss-gpu build) and ``gpu: true``, searches
 run on ``index_cpu_to_all_gpus`` of the CPU index; HNSW stays on the CPU. The CPU index
@@ -79,12 +91,14 @@ class IndexConfig(StrictModel):
     nprobe: int | None = Field(None, ge=1)
     hnsw_m: int = Field(32, ge=4, le=256)
     ef_construction: int = Field(64, ge=8)
-    ef_search: int = Field(128, ge=1)
+    ef_search: int | None = Field(None, ge=1)
     pq_m: int | None = Field(None, ge=1)
     pq_bits: int | None = Field(None, ge=1, le=16)
-    mips_to_l2: bool | None = None  # default: true for ivf / ivfpq
+    mips_to_l2: bool = False
     rerank_factor: int | None = Field(None, ge=1, le=64)  # over-fetch x, default 4 for ivfpq
     gpu: bool = True  # use GPUs when faiss has them (HNSW: never)
+    target_recall: float | None = Field(0.96, gt=0, le=1)  # calibrate unset search params
+    calibration_queries: int = Field(2000, ge=10)  # users sampled for the calibration
 
     @model_validator(mode="after")
     def _factory_iff_kind(self) -> IndexConfig:
@@ -111,12 +125,21 @@ class IndexMeta(StrictModel):
     index_dim: int  # dimension FAISS sees (dim + 1 + padding with mips_to_l2)
     n_items: int
     params: dict[str, int]  # search/build parameters: nprobe, efSearch, efConstruction
+    calibration: dict[str, Any] | None = None  # how the search parameter was chosen
     rerank_factor: int
     build_seconds: float
     index_bytes: int
     run_fingerprint: str
     faiss_version: str
     created: str
+
+
+def ladder(low: int, high: int) -> list[int]:
+    """Calibration rungs from ``low`` to ``high``, about x1.4 apart: 1, 2, 3, 4, 6, 8, 11 .."""
+    out = [low]
+    while out[-1] < high:
+        out.append(min(high, max(out[-1] + 1, round(out[-1] * 1.4))))
+    return out
 
 
 def _scaled_nlist(n: int) -> int:
@@ -129,20 +152,25 @@ def resolve(config: IndexConfig, n_items: int, dim: int) -> dict[str, Any]:
     if n_items < 1:
         raise RecsysError("cannot index an empty catalogue")
     kind = config.kind
-    mips = config.mips_to_l2 if config.mips_to_l2 is not None else kind in ("ivf", "ivfpq")
+    mips = config.mips_to_l2
     index_dim = dim + 1 if mips else dim
     params: dict[str, int] = {}
+    tunable: tuple[str, list[int]] | None = None  # a search parameter left to calibration
     rerank = config.rerank_factor or (4 if kind == "ivfpq" else 1)
     if kind == "flat":
         factory = "Flat"
     elif kind == "hnsw":
         factory = f"HNSW{config.hnsw_m}"
-        params = {"efConstruction": config.ef_construction, "efSearch": config.ef_search}
+        params = {"efConstruction": config.ef_construction, "efSearch": config.ef_search or 128}
+        if config.ef_search is None:
+            tunable = ("efSearch", ladder(16, 1024))
     elif kind in ("ivf", "ivfpq"):
         nlist = config.nlist or _scaled_nlist(n_items)
         if nlist > n_items:
             raise ConfigError(f"nlist {nlist} exceeds the {n_items} items to cluster")
         params = {"nprobe": min(nlist, config.nprobe or max(1, math.ceil(nlist / 4)))}
+        if config.nprobe is None:
+            tunable = ("nprobe", ladder(max(1, nlist // 64), nlist))
         if kind == "ivf":
             factory = f"IVF{nlist},Flat"
         else:
@@ -157,12 +185,15 @@ def resolve(config: IndexConfig, n_items: int, dim: int) -> dict[str, Any]:
         factory = str(config.factory)
         if config.nprobe is not None:
             params["nprobe"] = config.nprobe
+        if config.ef_search is not None:
+            params["efSearch"] = config.ef_search
     return {
         "factory": factory,
         "mips_to_l2": mips,
         "index_dim": index_dim,
         "params": params,
         "rerank_factor": rerank,
+        "tunable": tunable,
     }
 
 
@@ -209,9 +240,16 @@ class ItemIndex:
     # construction -------------------------------------------------------------------
     @classmethod
     def build(
-        cls, items: np.ndarray, config: IndexConfig | None = None, fingerprint: str = ""
+        cls,
+        items: np.ndarray,
+        config: IndexConfig | None = None,
+        fingerprint: str = "",
+        queries: np.ndarray | None = None,
     ) -> ItemIndex:
-        """Index ``items`` ``(N, D)``; FAISS id ``i`` is row ``i``."""
+        """Index ``items`` ``(N, D)``; FAISS id ``i`` is row ``i``.
+
+        ``queries`` ``(Q, D)`` (user vectors) calibrate the search parameter the config
+        leaves unset to ``config.target_recall`` (see the module doc)."""
         config = config or IndexConfig()
         items = np.asarray(items)
         if items.ndim != 2:
@@ -252,7 +290,41 @@ class ItemIndex:
         index.add_with_ids(x, np.arange(n, dtype=np.int64))
         meta.build_seconds = round(time.perf_counter() - start, 4)
         meta.index_bytes = int(faiss.serialize_index(index).nbytes)
-        return cls(index, items, meta, use_gpu=config.gpu)
+        out = cls(index, items, meta, use_gpu=config.gpu)
+        if queries is not None and config.target_recall is not None and spec["tunable"]:
+            out.calibrate(queries, *spec["tunable"], target=config.target_recall)
+        return out
+
+    def calibrate(
+        self, queries: np.ndarray, name: str, ladder: list[int], target: float, k: int = 10
+    ) -> dict[str, Any]:
+        """Set search parameter ``name`` to the first ``ladder`` value whose recall@k
+        against exact search over ``queries`` ``(Q, D)`` reaches ``target`` (else the last
+        value); record it in ``meta.params`` and ``meta.calibration``."""
+        start = time.perf_counter()
+        q = _as_matrix(queries, self.dim, "calibration queries")
+        truth = _exact_topk(q, self.vectors, k)
+        recall = float("nan")
+        for value in ladder:
+            self.meta.params[name] = value
+            _set_params(self.search_index, {name: value}, self.on_gpu)
+            ids, _ = self.search(q, k)
+            hits = [len(set(a.tolist()) & b) / len(b) for a, b in zip(ids, truth, strict=True)]
+            recall = float(np.mean(hits))
+            if recall >= target:
+                break
+        else:
+            log.warning("%s: recall@%d %.3f < %.3f at %s=%s", self.meta.name, k, recall, target,
+                        name, ladder[-1])  # fmt: skip
+        self.meta.calibration = {
+            "param": name,
+            "value": self.meta.params[name],
+            f"recall@{k}": round(recall, 4),
+            "target": target,
+            "queries": len(q),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        return self.meta.calibration
 
     def _to_gpu_if_possible(self) -> None:
         if self.meta.kind == "hnsw" or "HNSW" in self.meta.factory:
@@ -290,6 +362,10 @@ class ItemIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per query by exact inner product among the index's hits.
 
+        Ties with the ``k``-th score are resolved like ``recsys.eval.ranking`` (lower id
+        first): when the last hit fetched ties with it, that query is searched again with
+        twice the hits, until the tie is inside the fetched set.
+
         Args:
             queries: ``(B, D)`` user (or item) vectors.
             k: list length, >= 1.
@@ -311,14 +387,32 @@ class ItemIndex:
         if b == 0:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
         n_ex = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        fetch = min(self.ntotal, (k + n_ex) * self.meta.rerank_factor)
-        _, cand = self.search_index.search(_prepare_queries(q, self.meta), fetch)
-        if extra is not None and any(len(e) for e in extra):
-            cand = np.concatenate([cand, _pad(extra)], axis=1)
-        cand = _dedupe_rows(cand)
-        if exclude is not None and n_ex:
-            cand = _drop(cand, exclude, self.ntotal)
-        return self._rescore_topk(q, cand, k)
+        # One hit more than needed: when it ties with the k-th result, items tied with it
+        # may lie beyond the fetched ones (FAISS cuts ties arbitrarily), so fetch more.
+        fetch = min(self.ntotal, (k + n_ex) * self.meta.rerank_factor + 1)
+        ids = np.full((b, k), -1, dtype=np.int64)
+        scores = np.full((b, k), -np.inf, dtype=np.float32)
+        rows = np.arange(b)
+        while len(rows):
+            _, hits = self.search_index.search(_prepare_queries(q[rows], self.meta), fetch)
+            cand = hits
+            if extra is not None:
+                more = [extra[r] for r in rows]
+                if any(len(e) for e in more):
+                    cand = np.concatenate([cand, _pad(more)], axis=1)
+            cand = _dedupe_rows(cand)
+            if n_ex:
+                cand = _drop(cand, [exclude[r] for r in rows], self.ntotal)  # type: ignore[index]
+            ids[rows], scores[rows] = self._rescore_topk(q[rows], cand, k)
+            if fetch >= self.ntotal:
+                break
+            last = hits[:, -1]
+            full = last >= 0  # rows whose index returned all it was asked for
+            last_score = np.einsum("bd,bd->b", q[rows[full]], self.vectors[last[full]])
+            tied = last_score == scores[rows[full], -1]
+            rows = rows[full][tied]
+            fetch = min(self.ntotal, 2 * fetch)
+        return ids, scores
 
     def _rescore_topk(self, q: np.ndarray, cand: np.ndarray, k: int):
         b, c = cand.shape
@@ -420,19 +514,25 @@ def index_path(run: RunFolder, name: str) -> Path:
 
 
 def build_for_run(run: RunFolder, config: IndexConfig) -> ItemIndex:
-    _, items = run.embeddings()
-    return ItemIndex.build(items, config, run_fingerprint(run))
+    """Build over ``embeddings/items.npy``, calibrating on a seeded sample of the users."""
+    users, items = run.embeddings()
+    rng = np.random.default_rng(0)
+    n = min(len(users), config.calibration_queries)
+    queries = users[np.sort(rng.choice(len(users), size=n, replace=False))]
+    return ItemIndex.build(items, config, run_fingerprint(run), queries)
 
 
-def load_or_build(run: RunFolder, name: str, params: dict[str, int] | None = None) -> ItemIndex:
+def load_or_build(
+    run: RunFolder, name: str, params: dict[str, int] | None = None, use_gpu: bool = True
+) -> ItemIndex:
     """The saved ``RUN/index/<name>.faiss``; else, when ``name`` is a kind, a fresh build
-    with default parameters (not saved). Serving uses this."""
+    with default parameters (calibrated, not saved). Serving uses this."""
     if index_path(run, name).exists():
-        return ItemIndex.load(run, name, params)
+        return ItemIndex.load(run, name, params, use_gpu)
     if name not in ("flat", "ivf", "hnsw", "ivfpq"):
         raise ArtifactError(f"{index_path(run, name)} not found and {name!r} is not a kind")
     log.warning("%s: no saved %s index, building one in memory", run.root, name)
-    index = build_for_run(run, IndexConfig(kind=name))  # type: ignore[arg-type]
+    index = build_for_run(run, IndexConfig(kind=name, gpu=use_gpu))  # type: ignore[arg-type]
     if params:
         index.meta.params = {**index.meta.params, **params}
         _set_params(index.search_index, index.meta.params, index.on_gpu)
@@ -440,6 +540,17 @@ def load_or_build(run: RunFolder, name: str, params: dict[str, int] | None = Non
 
 
 # helpers ----------------------------------------------------------------------------------
+def _exact_topk(q: np.ndarray, items: np.ndarray, k: int, batch: int = 512) -> list[set[int]]:
+    """Brute-force top-``k`` id sets of ``q (B, D) @ items.T`` (ties: any of them)."""
+    k = min(k, len(items))
+    out: list[set[int]] = []
+    for s in range(0, len(q), batch):
+        scores = q[s : s + batch] @ items.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        out.extend(set(row.tolist()) for row in top)
+    return out
+
+
 def _prepare_items(x: np.ndarray, meta: IndexMeta) -> np.ndarray:
     """Items as FAISS sees them: ``[x, sqrt(M² - |x|²), 0...]`` under the MIPS reduction."""
     if not meta.mips_to_l2:

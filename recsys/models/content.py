@@ -28,6 +28,13 @@ class ContentConfig(StrictModel):
     recency_decay: float = Field(
         default=0.9, gt=0, le=1, description="weight of a history item = decay^(age rank)"
     )
+    popularity_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="λ: add λ·(popularity predicted from content) to every score; the"
+        " predictor is a ridge regression of standardised log training counts on the"
+        " content of items that have training interactions",
+    )
 
 
 def content_item_matrix(features, weights: dict[str, float]) -> np.ndarray:
@@ -59,6 +66,17 @@ def recency_weighted_users(
     return users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
 
 
+def predicted_popularity(items: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(n_items,)``: standardised log(1 + count) predicted from content by ridge
+    regression fit on the items with training interactions (cold items have none)."""
+    from sklearn.linear_model import Ridge
+
+    warm = counts > 0
+    target = np.log1p(counts[warm])
+    target = (target - target.mean()) / max(target.std(), 1e-8)
+    return Ridge(alpha=1.0).fit(items[warm], target).predict(items)
+
+
 @register_model("content", ContentConfig)
 class ContentOnly(Recommender):
     trainable = False
@@ -70,6 +88,10 @@ class ContentOnly(Recommender):
             raise ValueError("content model needs item features")
         items = content_item_matrix(graph.item_features, config.modality_weights)
         users = recency_weighted_users(items, graph, config.recency_decay)
+        if config.popularity_weight > 0:
+            pop = predicted_popularity(items, graph.item_counts())
+            items = np.concatenate([items, config.popularity_weight * pop[:, None]], axis=1)
+            users = np.concatenate([users, np.ones((len(users), 1))], axis=1)
         self.register_buffer("item_emb", torch.as_tensor(items, dtype=torch.float32))
         self.register_buffer("user_emb", torch.as_tensor(users, dtype=torch.float32))
 

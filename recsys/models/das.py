@@ -67,6 +67,9 @@ class DASConfig(StrictModel):
     align_batch_size: int = Field(default=256, ge=2, description="rows used by InfoNCE terms")
     input_dim: int = Field(default=64, ge=1, description="PCA size of each frozen feature block")
     dual: bool = Field(default=True, description="user semantic tower and user quantizer")
+    history_decay: float = Field(
+        default=0.9, gt=0, le=1, description="recency weight of the user's history content"
+    )
     item_fusion: FusionConfig = FusionConfig(hidden_dim=128, dropout=0.1, modality_dropout=0.1)
     user_fusion: FusionConfig = FusionConfig(hidden_dim=128, dropout=0.1)
     item_quantizer: QuantizerConfig = QuantizerConfig(
@@ -106,18 +109,20 @@ def pca_blocks(features: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, see
     return out
 
 
-def history_means(item_blocks, graph: TrainingGraph):
-    """Per item modality, the mean over each user's training items where present:
+def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
+    """Per item modality, the recency-weighted mean (weight ``decay^k`` for the k-th most
+    recent item) over each user's training items where present:
     ``{"hist_<m>": ((U, D_m), present (U,))}``."""
+    weights = decay ** graph.recency_rank().astype(np.float64)
     out = {}
     for name, (x, present) in item_blocks.items():
         keep = present[graph.train_items]
-        users, items = graph.train_users[keep], graph.train_items[keep]
+        users, items, w = graph.train_users[keep], graph.train_items[keep], weights[keep]
         total = np.zeros((graph.n_users, x.shape[1]), dtype=np.float64)
-        np.add.at(total, users, x[items])
-        count = np.bincount(users, minlength=graph.n_users)
-        mean = total / np.maximum(count, 1)[:, None]
-        out[f"hist_{name}"] = (mean.astype(np.float32), count > 0)
+        np.add.at(total, users, w[:, None] * x[items])
+        mass = np.bincount(users, weights=w, minlength=graph.n_users)
+        mean = total / np.maximum(mass, 1e-12)[:, None]
+        out[f"hist_{name}"] = (mean.astype(np.float32), mass > 0)
     return out
 
 
@@ -134,6 +139,12 @@ class _Tower(nn.Module):
         dims = {name: int(blocks[name][0].shape[1]) for name in self.names}
         self.fusion = ModalityFusion(dims, fusion.model_copy(update={"output_dim": out_dim}))
         self.quantizer = ResidualQuantizer.from_config(quantizer, out_dim)
+        # k-means initialisation on every row (not just a first batch), so that the codes
+        # are defined from the start, including for evaluation before any training step.
+        with torch.no_grad():
+            self.fusion.eval()
+            self.quantizer.init_codebooks(self.fusion(self.inputs(None)))
+            self.fusion.train()
 
     def inputs(self, rows: Tensor | None) -> dict[str, tuple[Tensor, Tensor]]:
         out = {}
@@ -183,7 +194,7 @@ class DualAlignedSemanticIDs(Recommender):
         self.item_tower = _Tower(item_blocks, config.item_fusion, config.item_quantizer, d_int)
         self.user_tower = None
         if config.dual:
-            user_blocks = history_means(item_blocks, graph)
+            user_blocks = history_means(item_blocks, graph, config.history_decay)
             if graph.user_features is not None:
                 user_blocks.update(pca_blocks({"side": graph.user_features}, config.input_dim, 0))
             self.user_tower = _Tower(user_blocks, config.user_fusion, config.user_quantizer, d_int)

@@ -53,13 +53,14 @@ def _family(column: str) -> str:
     name = column.split("/", 1)[1]
     if "loss" in name:
         return name  # every loss term gets its own panel: their scales differ
-    return re.sub(r"_l\d+$", "", re.sub(r"@\d+$", "", name))
+    return re.sub(r"_(l\d+|mean)$", "", re.sub(r"@\d+$", "", name))
 
 
 def group_curves(columns: list[str]) -> dict[str, list[str]]:
     """Panels: each loss term (``train/x_loss`` with ``val/x_loss``) alone, every other
-    series grouped by metric family (``ndcg@5/10/20`` together, ``sid_perplexity_l0/l1``
-    together).  Losses first, ``loss`` itself leading; then metrics alphabetically."""
+    series grouped by metric family (``ndcg@5/10/20`` together, ``sid_utilization_l0/l1``
+    and ``sid_utilization_mean`` together).  Losses first, ``loss`` itself leading; then
+    metrics alphabetically."""
     groups: dict[str, list[str]] = {}
     for column in columns:
         groups.setdefault(_family(column), []).append(column)
@@ -70,12 +71,11 @@ def group_curves(columns: list[str]) -> dict[str, list[str]]:
         return (1 if "loss" in family else 2, family)
 
     def series_key(column: str) -> tuple[int, str, int]:
-        k = re.search(r"(?:@|_l)(\d+)$", column)
-        return (
-            0 if column.startswith("train/") else 1,
-            column.split("/", 1)[1].split("@")[0],
-            int(k.group(1)) if k else -1,
-        )
+        split, name = column.split("/", 1)
+        base = re.sub(r"(@\d+|_l\d+|_mean)$", "", name)
+        k = re.search(r"(?:@|_l)(\d+)$", name)
+        order = int(k.group(1)) if k else (10**9 if name.endswith("_mean") else -1)
+        return (0 if split == "train" else 1, base, order)
 
     return {f: sorted(groups[f], key=series_key) for f in sorted(groups, key=key)}
 

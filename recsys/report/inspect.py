@@ -149,12 +149,14 @@ def codebook_sizes(run: RunFolder, side: str, codes: np.ndarray) -> tuple[list[i
     """Per-level codebook sizes: from stats.json (``codebook_size``), else from the
     config's ``codebook_size``, else the largest code + 1 (a lower bound, flagged)."""
     n_levels = codes.shape[1]
+    config = run.config() if run.config_path.exists() else {}
+    # DAS names its quantizers item_quantizer / user_quantizer; others have one.
+    from_config = _find_key(_find_key(config, f"{side[:-1]}_quantizer"), "codebook_size")
+    if from_config is None:
+        from_config = _find_key(config, "codebook_size")
     for source, value in (
         ("stats.json", run.semantic_id_stats().get(side, {}).get("codebook_size")),
-        (
-            "config.yaml",
-            _find_key(run.config(), "codebook_size") if run.config_path.exists() else None,
-        ),
+        ("config.yaml", from_config),
     ):
         if isinstance(value, int | float) and value > 0:
             sizes = [int(value)] * n_levels
@@ -187,6 +189,8 @@ def compare_with_stats(summary: CodeSummary, stats: dict[str, Any]) -> list[str]
         "max_items_per_id": summary.max_rows_per_id,
         "max_users_per_id": summary.max_rows_per_id,
         "utilization_mean": float(np.mean([lv.utilisation for lv in summary.levels])),
+        "levels": len(summary.levels),
+        "max_suffix": summary.max_rows_per_id - 1,  # TIGER suffixes: 0..group size - 1
     }
     for lv in summary.levels:
         measured[f"utilization_l{lv.level}"] = lv.utilisation

@@ -63,6 +63,14 @@ def _grid(n: int, ncols: int, width: float, height: float) -> tuple[Figure, list
     return fig, axes[:n]
 
 
+def _series_label(column: str, family: str) -> str:
+    """``val/ndcg@10`` in panel ``ndcg`` -> ``val@10``; ``train/sid_perplexity_l1`` ->
+    ``train l1``; ``train/loss`` -> ``train``."""
+    split, name = column.split("/", 1)
+    rest = name[len(family) :] if name.startswith(family) else f" {name}"
+    return split + (rest if rest.startswith("@") else " " + rest.lstrip("_ ") if rest else "")
+
+
 def plot_curves(
     curves: pd.DataFrame,
     title: str | None = None,
@@ -71,10 +79,10 @@ def plot_curves(
 ) -> Figure:
     """One panel per loss term and per metric family (see :func:`group_curves`); training
     series solid, validation dashed; x is the 1-based epoch.  ``best_epoch`` (1-based, as
-    in metrics.json) draws a dotted vertical line."""
+    in metrics.json) draws a dotted grey vertical line."""
     groups = group_curves(list(curves.columns))
     with matplotlib.rc_context(STYLE):
-        fig, axes = _grid(len(groups), ncols, 4.3, 3.0)
+        fig, axes = _grid(len(groups), ncols, 4.3, 3.3)
         marker = "o" if len(curves) <= 30 else None
         for ax, (family, columns) in zip(axes, groups.items(), strict=True):
             values = []
@@ -88,19 +96,25 @@ def plot_curves(
                     style,
                     marker=marker,
                     markersize=3,
-                    label=column,
+                    label=_series_label(column, family),
                 )
             flat = np.concatenate(values) if values else np.zeros(0)
             if "loss" in family and len(flat) and flat.min() > 0 and flat.max() / flat.min() > 50:
                 ax.set_yscale("log")
             if best_epoch is not None:
-                ax.axvline(
-                    best_epoch, color="grey", linestyle=":", linewidth=1.2, label="best epoch"
-                )
+                ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1.2)
             ax.set_title(family)
             ax.set_xlabel("epoch")
             ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.legend(loc="best", frameon=False)
+            # Below the axes, in one row: a legend inside would hide the curves.
+            ax.legend(
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.2),
+                ncol=min(4, len(columns)),
+                frameon=False,
+                handlelength=2.2,
+                columnspacing=1.2,
+            )
         if title:
             fig.suptitle(title, fontsize=12, fontweight="bold")
     return fig

@@ -73,13 +73,7 @@ def parse_run_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(
             f"{source}: invalid config\n  model.kind: unknown {kind!r}; known: {model_kinds()}"
         )
-    try:
-        model = validate(model_spec(kind).config_cls, model_raw, source)
-    except ConfigError as err:
-        head, _, body = str(err).partition("\n")
-        raise ConfigError(
-            head + "\n" + body.replace("  ", "  model.", 1).replace("\n  ", "\n  model.")
-        ) from None
+    model = validate(model_spec(kind).config_cls, model_raw, source, prefix="model.")
     return validate(RunConfig, {**raw, "model": model}, source)
 
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run a list of benchmark trainings one after another (one torch thread each, as the
+# peers in ../shared/PEERS.md were run).  Usage: bench/run_configs.sh NAME CONFIG [overrides...] \; ...
+# Each run lands in runs/<NAME>/ with its metrics.json and manifest (command, versions).
+set -euo pipefail
+RECSYS=${RECSYS:-.venv/bin/recsys}
+args=()
+run_one() {
+  local name=$1 config=$2; shift 2
+  echo "== $name: $RECSYS train -c $config name=$name trainer.num_threads=1 $*" >&2
+  "$RECSYS" train -c "$config" "name=$name" trainer.num_threads=1 "$@" --fresh --no-progress > /dev/null
+}
+for a in "$@"; do
+  if [ "$a" = ";" ]; then run_one "${args[@]}"; args=(); else args+=("$a"); fi
+done
+[ ${#args[@]} -gt 0 ] && run_one "${args[@]}"

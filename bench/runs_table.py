@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Tabulate finished run folders into a section of docs/BENCHMARKS.md.
+
+    python bench/runs_table.py --section lightgcn --title "LightGCN vs peers" runs/a runs/b
+
+prints the table as JSON rows and replaces (or appends) the block between
+``<!-- BEGIN lightgcn -->`` and ``<!-- END lightgcn -->`` in docs/BENCHMARKS.md.  Every
+row carries the command recorded in the run's manifest, its epochs (best), the wall time
+of training and the machine's thread setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr", "coverage@20"]
+
+
+def row(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text())
+    training = metrics.get("training", {})
+    command = manifest.get("command", "")
+    command = re.sub(r"^\S*recsys ", "recsys ", command)
+    return {
+        "run": run.name,
+        "dataset": metrics["dataset"],
+        "split": metrics["split"],
+        "model": metrics["model"],
+        **{c: metrics["test"].get(c) for c in COLUMNS},
+        "n_users": metrics["test"].get("n_users"),
+        "epochs": training.get("epochs", 0),
+        "best_epoch": training.get("best_epoch"),
+        "train_s": training.get("train_seconds", 0.0),
+        "s_to_best": training.get("seconds_to_best"),
+        "command": command,
+        "git": manifest.get("git_commit"),
+    }
+
+
+def markdown(title: str, rows: list[dict]) -> str:
+    head = ["dataset", "split", "model", *COLUMNS, "epochs (best)", "train s", "s to best"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["dataset"], r["split"], r["model"]]
+        cells += [f"{r[c]:.4f}" if r[c] is not None else "" for c in COLUMNS]
+        best = f" ({r['best_epoch']})" if r["best_epoch"] else ""
+        cells += [f"{r['epochs']}{best}", f"{r['train_s']:.0f}", f"{r['s_to_best'] or ''}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Commands (`runs/<name>` is the run folder; `trainer.num_threads=1`):", ""]
+    lines += [f"- `{r['run']}`: `{r['command']}`" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def update(doc: Path, section: str, body: str) -> None:
+    begin, end = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body}{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--section", required=True)
+    ap.add_argument("--title", required=True)
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    args = ap.parse_args()
+    rows = [row(r) for r in args.runs]
+    json.dump(rows, sys.stdout, indent=2)
+    print()
+    update(args.doc, args.section, markdown(args.title, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The HTTP API's settings (``recsys serve`` flags map onto these fields)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from recsys.config import StrictModel
+from recsys.index.semantic import SemanticCandidatesConfig
+
+
+class ServeConfig(StrictModel):
+    index: str = "hnsw"  # RUN/index/<index>.faiss; a kind is built in memory when not saved
+    index_params: dict[str, int] = {}  # search-time overrides, e.g. {"efSearch": 256}
+    gpu: bool = True  # search on GPUs when faiss has them (not HNSW)
+    default_k: int = Field(20, ge=1)
+    max_k: int = Field(100, ge=1, le=10_000)
+    max_history: int = Field(1000, ge=1)  # history / exclude lists longer than this: 413
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger request bodies: 413
+    max_added_items: int = Field(100_000, ge=0)
+    search_threads: int = Field(1, ge=1)  # FAISS OpenMP threads per search
+    semantic: SemanticCandidatesConfig = SemanticCandidatesConfig()
+    adds_journal: str | None = None  # JSON-lines file that persists and shares added items
+    image_root: str | None = None  # image paths of new items must lie under it (None: refused)

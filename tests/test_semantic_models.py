@@ -1,0 +1,184 @@
+"""Content-only, two-stage and DAS models on tiny synthetic data with content."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys.features.pipeline import ItemFeatures, ModalityFeatures
+from recsys.models import TrainingGraph, build_model
+from recsys.models.content import ContentConfig
+from recsys.models.das import DASConfig
+from recsys.models.losses import info_nce, orthogonality_loss
+from recsys.models.two_stage import TwoStageConfig
+
+
+def test_info_nce_closed_form_2x2():
+    # cosines: a0·p0 = 1, a0·p1 = 0, a1·p0 = 0, a1·p1 = 1; τ = 0.5 → logits 2 / 0
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    p = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    expected = -math.log(math.exp(2) / (math.exp(2) + math.exp(0)))
+    assert info_nce(a, p, temperature=0.5).item() == pytest.approx(expected, rel=1e-6)
+    # a swapped positive: row 0's positive is orthogonal, a negative is parallel
+    expected_bad = -math.log(math.exp(0) / (math.exp(0) + math.exp(2)))
+    assert info_nce(a, p.flip(0), temperature=0.5).item() == pytest.approx(expected_bad, rel=1e-6)
+
+
+def test_orthogonality_loss():
+    a = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    assert orthogonality_loss(a, torch.tensor([[0.0, 2.0], [5.0, 0.0]])).item() == 0.0
+    assert orthogonality_loss(a, 2 * a).item() == pytest.approx(1.0)
+    diag = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    assert orthogonality_loss(a, diag).item() == pytest.approx(0.5)  # cos² 45° = 1/2
+
+
+def synthetic_content_graph(n_users=40, n_items=30, cold=(27, 28, 29), seed=0):
+    """Items in 3 clusters with cluster-coded content; users prefer one cluster.
+    Items in ``cold`` have no training interaction."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n_items) % 3
+    centers = rng.normal(size=(3, 16))
+    text = centers[cluster] + 0.1 * rng.normal(size=(n_items, 16))
+    tab = np.eye(3)[cluster].astype(np.float32)
+    present = np.ones(n_items, bool)
+    present[5] = False  # one item lacks text
+    text[5] = 0
+    feats = ItemFeatures(
+        [f"i{i}" for i in range(n_items)],
+        {
+            "text": ModalityFeatures(text.astype(np.float32), present),
+            "tabular": ModalityFeatures(tab, np.ones(n_items, bool)),
+        },
+    )
+    users, items = [], []
+    for u in range(n_users):
+        pool = [i for i in range(n_items) if cluster[i] == u % 3 and i not in cold]
+        for i in rng.choice(pool, size=5, replace=False):
+            users.append(u)
+            items.append(int(i))
+    graph = TrainingGraph(n_users, n_items, np.array(users), np.array(items))
+    graph.item_features = feats
+    return graph, cluster
+
+
+def test_content_model_user_is_recency_weighted_mean():
+    graph, _ = synthetic_content_graph()
+    model = build_model(ContentConfig(recency_decay=0.5), graph)
+    user, item = model.embeddings()
+    # user 0 by hand: weights 0.5^k from the most recent training item backwards
+    rows = np.flatnonzero(graph.train_users == 0)
+    weights = 0.5 ** np.arange(len(rows))[::-1]
+    expected = (weights[:, None] * item.numpy()[graph.train_items[rows]]).sum(0)
+    expected /= np.linalg.norm(expected)
+    np.testing.assert_allclose(user[0].numpy(), expected, atol=1e-5)
+    assert torch.allclose(item.norm(dim=1), torch.ones(item.shape[0]), atol=1e-5)
+    # the item without text is filled with the mean text vector, not zeros
+    assert item[5, :16].abs().sum() > 0
+
+
+def _train(model, graph, steps=30, lr=0.01, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    history = []
+    for _ in range(steps):
+        idx = rng.integers(0, len(graph.train_users), size=64)
+        batch = {
+            "users": torch.as_tensor(graph.train_users[idx]),
+            "pos_items": torch.as_tensor(graph.train_items[idx]),
+            "neg_items": torch.as_tensor(rng.integers(0, graph.n_items, size=(64, 1))),
+        }
+        losses = model.loss(batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+    return pd.DataFrame(history)
+
+
+def small_das(**overrides) -> DASConfig:
+    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "sinkhorn_last_level": False}
+    raw = {
+        "dim": 16, "pop_dim": 4, "input_dim": 8, "align_batch_size": 32,
+        "item_fusion": {"hidden_dim": 16, "dropout": 0.0},
+        "user_fusion": {"hidden_dim": 16, "dropout": 0.0},
+        "item_quantizer": quant, "user_quantizer": quant,
+        "weights": {"align_dual": 1.0, "align_self": 1.0, "cooc": 1.0, "debias_pop": 1.0,
+                    "debias_orth": 1.0},
+        **overrides,
+    }  # fmt: skip
+    return DASConfig.model_validate(raw)
+
+
+def test_das_few_steps_reduce_every_loss_term():
+    graph, _ = synthetic_content_graph()
+    model = build_model(small_das(), graph)
+    history = _train(model, graph, steps=60)
+    first, last = history.iloc[:10].mean(), history.iloc[-10:].mean()
+    for term in ["loss", "rec_loss", "align_dual_loss", "align_self_loss", "cooc_loss",
+                 "debias_pop_loss", "debias_orth_loss"]:  # fmt: skip
+        assert last[term] < first[term], (term, first[term], last[term])
+
+
+def test_das_cold_item_uses_no_id_embedding():
+    graph, _ = synthetic_content_graph()
+    model = build_model(small_das(), graph)
+    model.eval()
+    _, items_before = model.embeddings()
+    with torch.no_grad():
+        model.item.weight[27:30] += 100.0  # the cold items' ID embeddings
+        model.item.weight[0] += 100.0  # a warm item's
+    _, items_after = model.embeddings()
+    assert torch.equal(items_before[27:30], items_after[27:30])
+    assert not torch.equal(items_before[0], items_after[0])
+    assert items_after[27:30].abs().sum() > 0  # still represented: by its semantic ID
+
+
+def test_das_semantic_ids_are_unique_and_stable_across_reload(tmp_path):
+    graph, _ = synthetic_content_graph()
+    model = build_model(small_das(), graph)
+    _train(model, graph, steps=10)
+    model.eval()
+    sids = model.semantic_ids()
+    assert set(sids) == {"items", "users"}
+    items, stats = sids["items"]
+    assert items.shape == (30, 3) and len({tuple(r) for r in items}) == 30
+    assert 0 < stats["utilization_l0"] <= 1
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    clone = build_model(small_das(), graph)
+    clone.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    clone.eval()
+    np.testing.assert_array_equal(clone.semantic_ids()["items"][0], items)
+    np.testing.assert_array_equal(clone.semantic_ids()["users"][0], sids["users"][0])
+    u1, i1 = model.embeddings()
+    u2, i2 = clone.embeddings()
+    assert torch.equal(u1, u2) and torch.equal(i1, i2)
+
+
+def test_das_ablation_switches():
+    graph, _ = synthetic_content_graph()
+    item_only = build_model(small_das(dual=False), graph)
+    assert item_only.user_tower is None and set(item_only.semantic_ids()) == {"items"}
+    no_align = small_das(weights={"align_dual": 0, "align_self": 0, "cooc": 0})
+    history = _train(build_model(no_align, graph), graph, steps=3)
+    assert np.isfinite(history["loss"]).all()
+
+
+def test_two_stage_codes_fixed_and_cold_items_represented():
+    graph, cluster = synthetic_content_graph()
+    config = TwoStageConfig(dim=8, quantizer={"kind": "rqkmeans", "levels": 2, "codebook_size": 3})
+    model = build_model(config, graph)
+    sids = model.semantic_ids()["items"][0]
+    assert len({tuple(r) for r in sids}) == 30
+    # first-level codes recover the content clusters (3 clean clusters, 3 codes)
+    pairs = {(int(c), int(k)) for c, k in zip(cluster, sids[:, 0], strict=True)}
+    assert len(pairs) == 3
+    before = model.sids.clone()
+    _train(model, graph, steps=5)
+    assert torch.equal(before, model.sids)  # stage 1 stays frozen
+    _, items = model.embeddings()
+    assert items[27:30].abs().sum() > 0
