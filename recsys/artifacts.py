@@ -11,6 +11,7 @@ Layout of ``runs/<name>/``::
     candidates_<split>.npy ranking candidates when restricted (cold-10: cold items)
     embeddings/users.npy   (n_users, D) float32 final representations
     embeddings/items.npy   (n_items, D) float32; score = users @ items.T
+    item_encoder/          how to embed a new item from its content (models that can)
     semantic_ids/items.parquet  item_id, c0..c{L-1} (codes), suffix (disambiguation)
     semantic_ids/users.parquet  user_id, c0..c{L-1}, suffix (dual quantization), if any
     semantic_ids/stats.json     per side: codebook size, utilisation, perplexity, collisions

@@ -42,6 +42,7 @@ class TrainingGraph:
     train_users: np.ndarray
     train_items: np.ndarray
     item_features: Any = None
+    features_config: Any = None  # the FeaturesConfig that built item_features
     user_features: Any = None  # (matrix (n_users, D), present (n_users,)) side information
     test_item_counts: np.ndarray | None = None  # only for the leaky oracle reference
 

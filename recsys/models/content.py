@@ -9,6 +9,8 @@ exactly like any other: this is the cold-start yardstick.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -37,9 +39,15 @@ class ContentConfig(StrictModel):
     )
 
 
-def content_item_matrix(features, weights: dict[str, float]) -> np.ndarray:
+def content_item_matrix(
+    features, weights: dict[str, float], fill: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """``(n_items, ΣD_m)``: normalised modality blocks; an item lacking a modality gets
-    that modality's mean present vector (an explicit, documented fill, not zeros)."""
+    that modality's mean present vector (an explicit, documented fill, not zeros).
+
+    ``fill``: per-modality fill vectors to use (new items at serving time); when None
+    they are computed from these items' present rows.
+    """
     blocks = []
     for name, (matrix, present) in features.items():
         weight = weights.get(name, 1.0)
@@ -47,13 +55,28 @@ def content_item_matrix(features, weights: dict[str, float]) -> np.ndarray:
             continue
         x = matrix.astype(np.float64)
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        if (~present).any() and present.any():
-            x[~present] = x[present].mean(axis=0)
+        if (~present).any():
+            vector = (
+                fill[name]
+                if fill is not None
+                else (x[present].mean(axis=0) if present.any() else np.zeros(x.shape[1]))
+            )
+            x[~present] = vector
         blocks.append(np.sqrt(weight) * x)
     if not blocks:
         raise ValueError("content model: every modality has weight 0")
     out = np.concatenate(blocks, axis=1)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def fill_vectors(features) -> dict[str, np.ndarray]:
+    """The mean normalised present vector of each modality (what a missing one becomes)."""
+    out = {}
+    for name, (matrix, present) in features.items():
+        x = matrix.astype(np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        out[name] = x[present].mean(axis=0) if present.any() else np.zeros(x.shape[1])
+    return out
 
 
 def recency_weighted_users(
@@ -66,15 +89,15 @@ def recency_weighted_users(
     return users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
 
 
-def predicted_popularity(items: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``(n_items,)``: standardised log(1 + count) predicted from content by ridge
-    regression fit on the items with training interactions (cold items have none)."""
+def popularity_regressor(items: np.ndarray, counts: np.ndarray):
+    """Ridge regression of standardised log(1 + count) on content, fit on the items with
+    training interactions (cold items have none)."""
     from sklearn.linear_model import Ridge
 
     warm = counts > 0
     target = np.log1p(counts[warm])
     target = (target - target.mean()) / max(target.std(), 1e-8)
-    return Ridge(alpha=1.0).fit(items[warm], target).predict(items)
+    return Ridge(alpha=1.0).fit(items[warm], target)
 
 
 @register_model("content", ContentConfig)
@@ -86,10 +109,16 @@ class ContentOnly(Recommender):
         super().__init__()
         if graph.item_features is None:
             raise ValueError("content model needs item features")
-        items = content_item_matrix(graph.item_features, config.modality_weights)
+        self.config = config
+        self.features = graph.item_features
+        self.features_config = graph.features_config
+        self.fill = fill_vectors(graph.item_features)
+        items = content_item_matrix(graph.item_features, config.modality_weights, self.fill)
         users = recency_weighted_users(items, graph, config.recency_decay)
+        self.regressor = None
         if config.popularity_weight > 0:
-            pop = predicted_popularity(items, graph.item_counts())
+            self.regressor = popularity_regressor(items, graph.item_counts())
+            pop = self.regressor.predict(items)
             items = np.concatenate([items, config.popularity_weight * pop[:, None]], axis=1)
             users = np.concatenate([users, np.ones((len(users), 1))], axis=1)
         self.register_buffer("item_emb", torch.as_tensor(items, dtype=torch.float32))
@@ -97,3 +126,27 @@ class ContentOnly(Recommender):
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         return self.user_emb, self.item_emb
+
+    def write_item_encoder(self, folder: Path) -> None:
+        """What serving needs to embed a new item exactly as training embedded the
+        catalogue: the features config, the tabular vocabulary, the fill vectors and the
+        popularity regressor (see ``recsys.models.content_encoder``)."""
+        if self.features_config is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "features.json").write_text(self.features_config.model_dump_json(indent=2))
+        if self.features.tabular_encoder is not None:
+            self.features.tabular_encoder.save(folder / "tabular.json")
+        arrays = {f"fill_{name}": vector for name, vector in self.fill.items()}
+        if self.regressor is not None:
+            arrays["ridge_coef"] = self.regressor.coef_
+            arrays["ridge_intercept"] = np.atleast_1d(self.regressor.intercept_)
+        np.savez(folder / "arrays.npz", **arrays)
+        spec = {
+            "kind": "content",
+            "module": "recsys.models.content_encoder",
+            "modalities": list(self.features),
+            "modality_weights": self.config.modality_weights,
+            "popularity_weight": self.config.popularity_weight,
+        }
+        (folder / "encoder.json").write_text(json.dumps(spec, indent=2))

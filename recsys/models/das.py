@@ -30,6 +30,7 @@ embedding.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import numpy as np
@@ -67,6 +68,11 @@ class DASConfig(StrictModel):
     align_batch_size: int = Field(default=256, ge=2, description="rows used by InfoNCE terms")
     input_dim: int = Field(default=64, ge=1, description="PCA size of each frozen feature block")
     dual: bool = Field(default=True, description="user semantic tower and user quantizer")
+    code_embeddings: bool = Field(
+        default=True,
+        description="add learned per-level code embeddings (indexed by the jointly trained"
+        " codes) to the codeword sum, as the two-stage model represents items",
+    )
     history_decay: float = Field(
         default=0.9, gt=0, le=1, description="recency weight of the user's history content"
     )
@@ -127,9 +133,16 @@ def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
 
 
 class _Tower(nn.Module):
-    """Frozen inputs (as buffers) → fusion → residual quantizer."""
+    """Frozen inputs (as buffers) → fusion → residual quantizer (→ + code embeddings)."""
 
-    def __init__(self, blocks, fusion: FusionConfig, quantizer: QuantizerConfig, out_dim: int):
+    def __init__(
+        self,
+        blocks,
+        fusion: FusionConfig,
+        quantizer: QuantizerConfig,
+        out_dim: int,
+        code_embeddings: bool = False,
+    ):
         super().__init__()
         self.names = list(blocks)
         for i, name in enumerate(self.names):
@@ -139,6 +152,13 @@ class _Tower(nn.Module):
         dims = {name: int(blocks[name][0].shape[1]) for name in self.names}
         self.fusion = ModalityFusion(dims, fusion.model_copy(update={"output_dim": out_dim}))
         self.quantizer = ResidualQuantizer.from_config(quantizer, out_dim)
+        self.code_emb = None
+        if code_embeddings:  # learned per-level tables indexed by the (current) codes
+            self.code_emb = nn.ModuleList(
+                nn.Embedding(quantizer.codebook_size, out_dim) for _ in range(quantizer.levels)
+            )
+            for emb in self.code_emb:
+                nn.init.zeros_(emb.weight)
         # k-means initialisation on every row (not just a first batch), so that the codes
         # are defined from the start, including for evaluation before any training step.
         with torch.no_grad():
@@ -154,8 +174,13 @@ class _Tower(nn.Module):
         return out
 
     def forward(self, rows: Tensor | None = None):
-        """rows ``(B,)`` (None: all) → QuantizerOutput (quantized ``(B, d)``, codes ...)."""
-        return self.quantizer(self.fusion(self.inputs(rows)))
+        """rows ``(B,)`` (None: all) → QuantizerOutput; its ``quantized`` ``(B, d)`` is the
+        straight-through codeword sum, plus Σ_l code_emb_l[c_l] when enabled."""
+        out = self.quantizer(self.fusion(self.inputs(rows)))
+        if self.code_emb is not None:
+            extra = sum(emb(out.codes[:, level]) for level, emb in enumerate(self.code_emb))
+            out = dataclasses.replace(out, quantized=out.quantized + extra)
+        return out
 
     @torch.no_grad()
     def codes(self) -> Tensor:
@@ -191,13 +216,21 @@ class DualAlignedSemanticIDs(Recommender):
         self.n_users, self.n_items = graph.n_users, graph.n_items
         d_int = config.interest_dim
         item_blocks = pca_blocks(dict(graph.item_features), config.input_dim, seed=0)
-        self.item_tower = _Tower(item_blocks, config.item_fusion, config.item_quantizer, d_int)
+        self.item_tower = _Tower(
+            item_blocks, config.item_fusion, config.item_quantizer, d_int, config.code_embeddings
+        )
         self.user_tower = None
         if config.dual:
             user_blocks = history_means(item_blocks, graph, config.history_decay)
             if graph.user_features is not None:
                 user_blocks.update(pca_blocks({"side": graph.user_features}, config.input_dim, 0))
-            self.user_tower = _Tower(user_blocks, config.user_fusion, config.user_quantizer, d_int)
+            self.user_tower = _Tower(
+                user_blocks,
+                config.user_fusion,
+                config.user_quantizer,
+                d_int,
+                config.code_embeddings,
+            )
         self.user = nn.Embedding(graph.n_users, config.dim)
         self.item = nn.Embedding(graph.n_items, config.dim)
         nn.init.xavier_uniform_(self.user.weight)

@@ -188,7 +188,24 @@ def item_features(dataset: SplitDataset, config: RunConfig):
             f"model {config.model.kind!r} needs item content; {dataset.name} has none"
         )
     features = config.features or default_features(dataset.name)
-    return build_item_features(dataset.item_table, features, cache_dir=feature_cache_dir())
+    built = build_item_features(dataset.item_table, features, cache_dir=feature_cache_dir())
+    return built, features
+
+
+def write_item_encoder(model: Recommender, run: RunFolder) -> None:
+    """``RUN/item_encoder/`` for models that can embed unseen items (serving's POST
+    /v1/items), written into a temporary folder first and renamed into place."""
+    writer = getattr(model, "write_item_encoder", None)
+    final = run.root / "item_encoder"
+    if writer is None:
+        shutil.rmtree(final, ignore_errors=True)
+        return
+    tmp = run.root / ".item_encoder.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer(tmp)
+    if tmp.exists():
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
 
 
 def user_features(dataset: SplitDataset):
@@ -224,7 +241,7 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     if getattr(config.model, "counts_from", None) == "test-oracle":
         graph.test_item_counts = np.bincount(dataset.pairs(TEST)[1], minlength=dataset.n_items)
     if model_spec(config.model.kind).build.needs_item_features:
-        graph.item_features = item_features(dataset, config)
+        graph.item_features, graph.features_config = item_features(dataset, config)
     if model_spec(config.model.kind).build.needs_user_features:
         graph.user_features = user_features(dataset)
     model = build_model(config.model, graph)
@@ -233,6 +250,7 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
         training = fit(model, dataset, config, run, resume)
     user, item = frozen_embeddings(model)
     run.write_embeddings(user.numpy(), item.numpy())
+    write_item_encoder(model, run)
     id_maps = {"items": dataset.item_map, "users": dataset.user_map}
     for side, (sids, stats) in model.semantic_ids().items():
         run.write_semantic_ids(side, id_maps[side].ids, sids, stats)
