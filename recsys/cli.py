@@ -36,10 +36,15 @@ def _data(args: argparse.Namespace) -> None:
     ds = load_dataset(config)
     counts = np.bincount(ds.labels, minlength=3)
     summary = {
-        "dataset": ds.name, "split": ds.protocol, "users": ds.n_users, "items": ds.n_items,
-        "train": int(counts[0]), "valid": int(counts[1]), "test": int(counts[2]),
+        "dataset": ds.name,
+        "split": ds.protocol,
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "train": int(counts[0]),
+        "valid": int(counts[1]),
+        "test": int(counts[2]),
         "fingerprint": ds.fingerprint,
-    }  # fmt: skip
+    }
     print(json.dumps(summary, indent=2))
 
 
@@ -78,29 +83,19 @@ def _export(args: argparse.Namespace) -> None:
     users = None
     if args.users:
         users = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
-    if args.partitioned:
-        from recsys.export.topk import export_partitioned
-
-        summary = export_partitioned(
-            args.run,
-            args.out,
-            split=args.split,
-            k=args.k,
-            user_ids=users,
-            chunk_users=args.chunk_users,
-            progress=not args.no_progress,
-        )
-        print(json.dumps(summary, indent=2))
-        return
-    n = export_recommendations(
-        args.run,
-        args.out,
+    common = dict(
         split=args.split,
         k=args.k,
         user_ids=users,
         chunk_users=args.chunk_users,
         progress=not args.no_progress,
     )
+    if args.partitioned:
+        from recsys.export.topk import export_partitioned
+
+        print(json.dumps(export_partitioned(args.run, args.out, **common), indent=2))
+        return
+    n = export_recommendations(args.run, args.out, **common)
     print(f"wrote {n} rows to {args.out}")
 
 
