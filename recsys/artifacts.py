@@ -191,9 +191,19 @@ class RunFolder:
         path = self.root / "semantic_ids" / "stats.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def write_embeddings(self, user: np.ndarray, item: np.ndarray) -> None:
+    def write_embeddings(
+        self, user: np.ndarray, item: np.ndarray, user_for_valid: np.ndarray | None = None
+    ) -> None:
+        """``user``: the deployable user vectors (history up to valid, what test scoring
+        uses); ``user_for_valid``: the vectors valid was scored with, when they differ
+        (models whose user state is built from history)."""
         atomic_write_npy(self.root / "embeddings" / "users.npy", user.astype(np.float32))
         atomic_write_npy(self.root / "embeddings" / "items.npy", item.astype(np.float32))
+        valid_path = self.root / "embeddings" / "users_valid.npy"
+        if user_for_valid is not None:
+            atomic_write_npy(valid_path, user_for_valid.astype(np.float32))
+        else:
+            valid_path.unlink(missing_ok=True)
 
     def write_manifest(self, **fields: Any) -> None:
         manifest = {
@@ -235,7 +245,13 @@ class RunFolder:
     def item_map(self) -> IdMap:
         return IdMap.load(self._require(self.root / "id_maps" / "items.parquet"))
 
-    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+    def embeddings(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(users, items); ``split="valid"`` gives the user vectors valid was scored with."""
+        valid_path = self.root / "embeddings" / "users_valid.npy"
+        if split == "valid" and valid_path.exists():
+            return np.load(valid_path), np.load(
+                self._require(self.root / "embeddings" / "items.npy")
+            )
         user = np.load(self._require(self.root / "embeddings" / "users.npy"))
         item = np.load(self._require(self.root / "embeddings" / "items.npy"))
         return user, item

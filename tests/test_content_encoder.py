@@ -71,3 +71,28 @@ def test_added_item_is_served_next_to_its_content_twin(run):
     assert "i6" in ids
     r = client.post("/v1/items", json={"item_id": "bad", "tabular": {"length": "long"}})
     assert r.status_code == 422
+
+
+def test_test_time_users_fold_in_the_valid_history(run):
+    """Valid is scored with train-only history, test with train + valid (the protocol's
+    known history then); both are saved and re-evaluate to metrics.json."""
+    from recsys.eval.bundle import evaluate_run
+
+    frame = run.interactions()
+    users_test, items = run.embeddings()
+    users_valid, _ = run.embeddings("valid")
+    content = items[:, :-1]  # the last column is the popularity term (λ = 0.2)
+
+    def expected(user: int, labels: tuple[int, ...]) -> np.ndarray:
+        rows = frame[(frame.user_idx == user) & frame.label.isin(labels)]
+        weights = 0.9 ** np.arange(len(rows))[::-1]  # most recent weighs 1
+        v = (weights[:, None] * content[rows.item_idx.to_numpy()]).sum(0)
+        return v / np.linalg.norm(v)
+
+    for user in (0, 7, 21):
+        np.testing.assert_allclose(users_valid[user, :-1], expected(user, (0,)), atol=1e-5)
+        np.testing.assert_allclose(users_test[user, :-1], expected(user, (0, 1)), atol=1e-5)
+    saved = run.metrics()
+    for split in ("valid", "test"):
+        again = evaluate_run(run, split)
+        assert again["ndcg@10"] == pytest.approx(saved[split]["ndcg@10"], abs=1e-9)

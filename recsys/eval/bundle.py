@@ -17,7 +17,7 @@ def evaluate_run(
     """Full-ranking metrics of ``split``, masking what the protocol masks."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    user, item = (torch.from_numpy(a) for a in run.embeddings())
+    user, item = (torch.from_numpy(a) for a in run.embeddings(split))
     truth = run.matrix(TEST if split == "test" else VALID)
     exclude = run.matrix(TRAIN, VALID) if split == "test" else run.matrix(TRAIN)
     return evaluate(

@@ -77,6 +77,13 @@ class Recommender(nn.Module):
         """``{"items"|"users": (semantic IDs (N, L+1), stats)}`` for models that have them."""
         return {}
 
+    def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
+        """Rebuild user state derived from interaction history (not from training) out
+        of these pairs, in per-user chronological order.  The runner calls it with
+        train + valid before scoring test, as the protocol treats valid as known history
+        then.  Returns True when the user representations changed."""
+        return False
+
     def epoch_metrics(self) -> dict[str, float]:
         """Scalars logged at the end of each training epoch (e.g. codebook health)."""
         return {}

@@ -114,15 +114,25 @@ class ContentOnly(Recommender):
         self.features_config = graph.features_config
         self.fill = fill_vectors(graph.item_features)
         items = content_item_matrix(graph.item_features, config.modality_weights, self.fill)
-        users = recency_weighted_users(items, graph, config.recency_decay)
+        self.content = items
         self.regressor = None
         if config.popularity_weight > 0:
             self.regressor = popularity_regressor(items, graph.item_counts())
             pop = self.regressor.predict(items)
             items = np.concatenate([items, config.popularity_weight * pop[:, None]], axis=1)
-            users = np.concatenate([users, np.ones((len(users), 1))], axis=1)
         self.register_buffer("item_emb", torch.as_tensor(items, dtype=torch.float32))
-        self.register_buffer("user_emb", torch.as_tensor(users, dtype=torch.float32))
+        self.register_buffer("user_emb", self._users(graph))
+
+    def _users(self, graph: TrainingGraph) -> Tensor:
+        users = recency_weighted_users(self.content, graph, self.config.recency_decay)
+        if self.regressor is not None:
+            users = np.concatenate([users, np.ones((len(users), 1))], axis=1)
+        return torch.as_tensor(users, dtype=torch.float32)
+
+    def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
+        graph = TrainingGraph(self.user_emb.shape[0], self.item_emb.shape[0], users, items)
+        self.user_emb = self._users(graph)
+        return True
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         return self.user_emb, self.item_emb

@@ -216,6 +216,7 @@ class DualAlignedSemanticIDs(Recommender):
         self.n_users, self.n_items = graph.n_users, graph.n_items
         d_int = config.interest_dim
         item_blocks = pca_blocks(dict(graph.item_features), config.input_dim, seed=0)
+        self._item_blocks = item_blocks  # frozen inputs, kept to rebuild user histories
         self.item_tower = _Tower(
             item_blocks, config.item_fusion, config.item_quantizer, d_int, config.code_embeddings
         )
@@ -249,6 +250,20 @@ class DualAlignedSemanticIDs(Recommender):
             ("i_users", i_users),
         ):
             self.register_buffer(name, t, persistent=False)
+
+    def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
+        """Recompute the user tower's history inputs from these pairs (train + valid when
+        scoring test); codes of users may change accordingly."""
+        if self.user_tower is None:
+            return False
+        graph = TrainingGraph(self.n_users, self.n_items, users, items)
+        blocks = history_means(self._item_blocks, graph, self.config.history_decay)
+        for i, name in enumerate(self.user_tower.names):
+            if name in blocks:
+                x, present = blocks[name]
+                self.user_tower.register_buffer(f"x{i}", torch.as_tensor(x))
+                self.user_tower.register_buffer(f"p{i}", torch.as_tensor(present))
+        return True
 
     # ---------------------------------------------------------------- representations
     def _split(self, e: Tensor) -> tuple[Tensor, Tensor]:

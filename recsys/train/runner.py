@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from recsys.artifacts import RunFolder
 from recsys.data.dataset import SplitDataset, load_dataset
-from recsys.data.splits import TEST, TRAIN
+from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.errors import ConfigError
 from recsys.eval.ranking import evaluate
 from recsys.io import atomic_write_text
@@ -157,9 +157,12 @@ def fit(
     }
 
 
-def evaluate_embeddings(user, item, dataset: SplitDataset, config: RunConfig) -> dict[str, Any]:
+def evaluate_embeddings(users, item, dataset: SplitDataset, config: RunConfig) -> dict[str, Any]:
+    """users: ``{"valid": (U, D), "test": (U, D)}``, the user vectors each split is scored
+    with (they differ for models whose users are built from history)."""
     out: dict[str, Any] = {}
     for split in ("valid", "test"):
+        user = users[split]
         truth, exclude = dataset.eval_matrices(split)
         if truth.nnz == 0:
             continue
@@ -248,13 +251,18 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     training: dict[str, Any] = {"epochs": 0, "train_seconds": 0.0}
     if model.trainable:
         training = fit(model, dataset, config, run, resume)
-    user, item = frozen_embeddings(model)
-    run.write_embeddings(user.numpy(), item.numpy())
+    valid_user, item = frozen_embeddings(model)  # history = train: what validation scored
+    user, user_for_valid = valid_user, None
+    known = np.isin(dataset.labels, (TRAIN, VALID))
+    if model.use_history(dataset.users[known], dataset.items[known]):
+        user, item = frozen_embeddings(model)
+        user_for_valid = valid_user.numpy()
+    run.write_embeddings(user.numpy(), item.numpy(), user_for_valid)
     write_item_encoder(model, run)
     id_maps = {"items": dataset.item_map, "users": dataset.user_map}
     for side, (sids, stats) in model.semantic_ids().items():
         run.write_semantic_ids(side, id_maps[side].ids, sids, stats)
-    metrics = evaluate_embeddings(user, item, dataset, config)
+    metrics = evaluate_embeddings({"valid": valid_user, "test": user}, item, dataset, config)
     run.write_metrics(
         {
             "model": config.model.kind,
