@@ -7,19 +7,14 @@ from typing import Literal
 from torch import Tensor, nn
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
-from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
 from recsys.models.graph import SymmetricLGConv, normalized_adjacency
-from recsys.models.mf import pairwise_loss
+from recsys.models.mf import PairwiseConfig, pairwise_loss
 
 
-class LightGCNConfig(StrictModel):
+class LightGCNConfig(PairwiseConfig):
     kind: Literal["lightgcn"] = "lightgcn"
-    dim: int = 64
     layers: int = 2
-    reg: float = 1e-4
-    loss: Literal["bpr", "softmax"] = "bpr"
-    temperature: float = 0.2
 
 
 @register_model("lightgcn", LightGCNConfig)

@@ -11,18 +11,26 @@ from recsys.models.base import Recommender, TrainingGraph, register_model
 from recsys.models.losses import bpr_loss, in_batch_softmax_loss, l2_penalty
 
 
-class MFConfig(StrictModel):
-    kind: Literal["mf"] = "mf"
+class PairwiseConfig(StrictModel):
+    """Embedding size and the ranking loss shared by MF, LightGCN and the two-stage model."""
+
     dim: int = 64
     reg: float = 1e-4
     loss: Literal["bpr", "softmax"] = "bpr"
     temperature: float = 0.2
 
 
+class MFConfig(PairwiseConfig):
+    kind: Literal["mf"] = "mf"
+
+
 def pairwise_loss(
-    config: MFConfig, user: Tensor, pos: Tensor, neg: Tensor | None, reg_terms: list[Tensor]
+    config: PairwiseConfig, user: Tensor, pos: Tensor, neg: Tensor | None, reg_terms: list[Tensor]
 ) -> dict[str, Tensor]:
-    """Shared by MF and LightGCN.  user, pos: ``(B, D)``; neg: ``(B, N, D)`` or None."""
+    """Shared by MF, LightGCN and the two-stage model.
+
+    user, pos: ``(B, D)``; neg: ``(B, N, D)`` or None.
+    """
     if config.loss == "bpr":
         if neg is None:
             raise ValueError(

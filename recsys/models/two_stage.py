@@ -16,21 +16,17 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
 from recsys.models.content import content_item_matrix
-from recsys.models.mf import pairwise_loss
+from recsys.models.mf import PairwiseConfig, pairwise_loss
 from recsys.models.quantizer import QuantizerConfig, build_quantizer
 from recsys.models.semantic import GraphPropagation, semantic_id_table
 
 
-class TwoStageConfig(StrictModel):
+class TwoStageConfig(PairwiseConfig):
     kind: Literal["two_stage"] = "two_stage"
-    dim: int = 64
     layers: int = 2
     reg: float = 1e-5
-    loss: Literal["bpr", "softmax"] = "bpr"
-    temperature: float = 0.2
     content_projection: bool = Field(
         default=False, description="add a linear projection of the content to the code sum"
     )
