@@ -96,3 +96,56 @@ def test_test_time_users_fold_in_the_valid_history(run):
     for split in ("valid", "test"):
         again = evaluate_run(run, split)
         assert again["ndcg@10"] == pytest.approx(saved[split]["ndcg@10"], abs=1e-9)
+
+
+def test_gbdt_popularity_is_reproduced_by_the_served_encoder(tmp_path):
+    """The tree popularity model is saved with the run; the served encoder gives the same
+    item vectors, and the predicted popularity follows the training counts."""
+    rng = np.random.default_rng(0)
+    n_items = 120
+    weights = 1.0 / (np.arange(n_items) + 5.0)  # skewed popularity
+    rows = [
+        (f"u{u}", f"i{i}", 1000 * u + t)
+        for u in range(150)
+        for t, i in enumerate(rng.choice(n_items, 10, replace=False, p=weights / weights.sum()))
+    ]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    inter.to_csv(tmp_path / "inter.csv", index=False)
+    counts = inter["item_id"].value_counts()
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)]})
+    # a noisy numeric column that reveals popularity, so the trees have something to learn
+    items["votes"] = [
+        float(counts.get(i, 0)) ** 2 * rng.uniform(0.8, 1.2) for i in items["item_id"]
+    ]
+    items["genres"] = [GENRES[i % 4] for i in range(n_items)]
+    items.to_csv(tmp_path / "items.csv", index=False)
+    config = parse_run_config(
+        {
+            "name": "gbdt",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {
+                "dataset": "table",
+                "split": "ratio-811",
+                "interactions": {"path": str(tmp_path / "inter.csv")},
+                "items": {"path": str(tmp_path / "items.csv")},
+            },
+            "model": {"kind": "content", "popularity_weight": 1.0, "popularity_model": "gbdt"},
+            "features": {
+                "tabular": {
+                    "multi_valued": ["genres"],
+                    "numeric": ["votes"],
+                    "log_numeric": ["votes"],
+                }
+            },
+        }
+    )
+    run = train_run(config)
+    assert (run.root / "item_encoder" / "popularity.joblib").exists()
+    vectors, _ = load_item_encoder(run).encode(run.items())
+    _, trained = run.embeddings()
+    np.testing.assert_allclose(vectors, trained, atol=1e-5)
+    from scipy.stats import spearmanr
+
+    ids = run.items()["item_id"].astype(str)
+    predicted = trained[:, -1]  # λ · predicted popularity is the last column
+    assert spearmanr(predicted, [counts.get(i, 0) for i in ids])[0] > 0.8

@@ -126,3 +126,35 @@ def test_present_mask_and_errors():
         TabularEncoder(TabularConfig(categorical=["colour"])).fit(items())
     with pytest.raises(ValueError, match="more than once"):
         TabularConfig(categorical=["brand"], multi_valued=["brand"])
+
+
+def test_log_numeric_and_dates_against_hand_values(tmp_path):
+    table = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "c", "d"],
+            "votes": [0.0, 9.0, 99.0, None],
+            "released": ["01-Jan-1970", "11-Jan-1970", "", "21-Jan-1970"],
+        }
+    )
+    config = TabularConfig(numeric=["votes"], log_numeric=["votes"], dates={"released": "%d-%b-%Y"})
+    encoder = TabularEncoder(config).fit(table)
+    matrix, present = encoder.encode(table)
+    assert encoder.columns == ["votes", "votes__missing", "released", "released__missing"]
+    logs = np.log1p([0.0, 9.0, 99.0])
+    np.testing.assert_allclose(matrix[:3, 0], (logs - logs.mean()) / logs.std(), rtol=1e-6)
+    assert matrix[:, 1].tolist() == [0, 0, 0, 1]
+    days = np.array([0.0, 10.0, 20.0])  # days since 1970-01-01
+    np.testing.assert_allclose(matrix[[0, 1, 3], 2], (days - days.mean()) / days.std(), rtol=1e-6)
+    assert matrix[:, 3].tolist() == [0, 0, 1, 0]
+    assert present.all()
+    encoder.save(tmp_path / "vocab.json")
+    np.testing.assert_array_equal(
+        TabularEncoder.load(tmp_path / "vocab.json").encode(table)[0], matrix
+    )
+
+    bad = table.copy()
+    bad.loc[1, "released"] = "yesterday"
+    with pytest.raises(DataError, match=r"date column 'released'.*'yesterday'.*item 'b' \(row 1\)"):
+        TabularEncoder(config).fit(bad)
+    with pytest.raises(ValueError, match="log_numeric columns not in numeric: votes"):
+        TabularConfig(categorical=["brand"], log_numeric=["votes"])

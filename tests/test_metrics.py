@@ -164,6 +164,17 @@ def test_score_fn_tensor_not_mutated_and_integer_scores():
     assert vals.dtype == torch.float64 and vals.tolist() == [[3.0, 2.0]]
 
 
+def test_mrr_ties_follow_the_list_order():
+    # a constant scorer: the list is [0, 1, 2, 3]; relevant {2} sits at rank 3, not 1
+    constant = torch.zeros(1, 4)
+    assert evaluate(table_fn(constant), csr([{2}], 4), None, ks=(1,))["mrr"] == pytest.approx(1 / 3)
+    # relevant {1, 3} tied with item 0 at the top: item 1 comes second
+    scores = torch.tensor([[0.5, 0.5, 0.1, 0.5]])
+    assert evaluate(table_fn(scores), csr([{1, 3}], 4), None, ks=(1,))["mrr"] == pytest.approx(
+        1 / 2
+    )
+
+
 def test_nan_scores_rejected():
     scores = torch.tensor([[0.1, float("nan")]])
     with pytest.raises(ValueError, match="NaN"):
@@ -198,10 +209,9 @@ def reference_evaluate(scores, truth, exclude, ks, candidates=None):
             idcg = sum(1 / math.log2(r + 2) for r in range(min(len(rel), k)))
             sums[f"ndcg@{k}"] += dcg / idcg
             sums[f"hr@{k}"] += 1.0 if any(h) else 0.0
-        rel_valid = [i for i in rel if i in valid]
-        if rel_valid:
-            best = max(scores[u][i] for i in rel_valid)
-            rr += 1 / (1 + sum(1 for i in valid if scores[u][i] > best))
+        first_hit = next((pos for pos, i in enumerate(ranked) if i in rel), None)
+        if first_hit is not None:  # the full ranked list, ties by index like the top-k
+            rr += 1 / (1 + first_hit)
     out = {key: v / n_eval for key, v in sums.items()}
     out.update({f"coverage@{k}": len(seen[k]) / len(cand) for k in ks})
     out["mrr"] = rr / n_eval

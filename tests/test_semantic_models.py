@@ -114,9 +114,10 @@ def small_das(**overrides) -> DASConfig:
     return DASConfig.model_validate(raw)
 
 
-def test_das_few_steps_reduce_every_loss_term():
+@pytest.mark.parametrize("propagate", [False, True])
+def test_das_few_steps_reduce_every_loss_term(propagate):
     graph, _ = synthetic_content_graph()
-    model = build_model(small_das(), graph)
+    model = build_model(small_das(propagate_semantic=propagate), graph)
     history = _train(model, graph, steps=60)
     first, last = history.iloc[:10].mean(), history.iloc[-10:].mean()
     for term in ["loss", "rec_loss", "align_dual_loss", "align_self_loss", "cooc_loss",
@@ -124,9 +125,10 @@ def test_das_few_steps_reduce_every_loss_term():
         assert last[term] < first[term], (term, first[term], last[term])
 
 
-def test_das_cold_item_uses_no_id_embedding():
+@pytest.mark.parametrize("propagate", [False, True])
+def test_das_cold_item_uses_no_id_embedding(propagate):
     graph, _ = synthetic_content_graph()
-    model = build_model(small_das(), graph)
+    model = build_model(small_das(propagate_semantic=propagate), graph)
     model.eval()
     _, items_before = model.embeddings()
     with torch.no_grad():

@@ -10,9 +10,11 @@ Conventions:
     ``k`` valid items remain, the trailing slots hold item ``-1`` and score ``-inf``.
   * Ties: the top-k list is ordered by score descending, then item index ascending (in the
     global item index space), independent of batch size and of ``torch.topk``'s tie order.
-  * MRR is over the full ranking: rank = 1 + number of valid items scoring *strictly* higher
-    than the best-scoring valid relevant item (ties count in the relevant item's favour).
-    A user whose relevant items are all excluded gets reciprocal rank 0.
+  * MRR is over the full ranking, with the same tie order as the top-k lists: the first
+    relevant item is the best-scoring one (lowest index among equals), and its rank is 1 +
+    the number of valid items scoring higher, or scoring the same with a lower index (so a
+    constant scorer gets no credit from ties). A user whose relevant items are all
+    excluded gets reciprocal rank 0.
   * Relevant items that are also excluded stay in ``|relevant|`` (the protocol's relevant set
     is the split's items) but can never be hits. Under the protocol this cannot happen,
     since duplicate (user, item) pairs are dropped before splitting.
@@ -317,7 +319,17 @@ def evaluate(
         rel_scores = scores[r_t, torch.from_numpy(c_s).to(scores.device)]
         best_rel = torch.full((len(chunk),), NEG_INF, dtype=scores.dtype, device=scores.device)
         best_rel = best_rel.scatter_reduce(0, r_t, rel_scores, reduce="amax")
-        n_above = (scores > best_rel[:, None]).sum(dim=1, dtype=torch.int32).long()
+        # Among relevant items tied at the best score, the lowest index comes first.
+        c_t = torch.from_numpy(np.asarray(c_s, dtype=np.int64)).to(scores.device)
+        width = scores.shape[1]
+        at_best = rel_scores == best_rel[r_t]
+        first = torch.full((len(chunk),), width, dtype=torch.long, device=scores.device)
+        first = first.scatter_reduce(0, r_t[at_best], c_t[at_best], reduce="amin")
+        column = torch.arange(width, device=scores.device)
+        ahead = (scores > best_rel[:, None]) | (
+            (scores == best_rel[:, None]) & (column[None, :] < first[:, None])
+        )
+        n_above = ahead.sum(dim=1, dtype=torch.int32).long()
         rank = torch.where(best_rel > NEG_INF, n_above + 1, torch.zeros_like(n_above))
         rr_sum += float(reciprocal_rank(rank.cpu()).sum())
 

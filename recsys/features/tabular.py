@@ -8,6 +8,10 @@
   their parents' columns).
 * ``numeric``: ``(x - mean) / std`` with mean/std (population, ddof=0) fit on the table;
   a missing value becomes 0 and sets the field's ``<field>__missing`` indicator column.
+  Fields also listed in ``log_numeric`` are mapped to ``sign(x)·log(1 + |x|)`` first
+  (counts, budgets and vote totals are heavy-tailed: raw, one blockbuster sets the scale).
+* ``dates``: column → ``strptime`` format (None: let pandas infer); the date becomes days
+  since 1970-01-01 and is then treated like a numeric field (standardised, indicator).
 
 The vocabulary keeps values seen in at least ``min_count`` items, ordered by count then
 value. Values not in it at transform time are ignored and counted (``unseen_counts``).
@@ -45,6 +49,12 @@ class TabularConfig(StrictModel):
     categorical: list[str] = Field(default_factory=list)
     multi_valued: list[str] = Field(default_factory=list)
     numeric: list[str] = Field(default_factory=list)
+    log_numeric: list[str] = Field(
+        default_factory=list, description="numeric fields log-transformed before scaling"
+    )
+    dates: dict[str, str | None] = Field(
+        default_factory=dict, description="date column → strptime format (None: inferred)"
+    )
     min_count: int = Field(default=1, ge=1, description="drop values seen in fewer items")
     separator: str = Field(default="|", min_length=1, description="splits string values")
     separators: dict[str, str] = Field(
@@ -54,12 +64,15 @@ class TabularConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> TabularConfig:
-        fields = self.categorical + self.multi_valued + self.numeric
+        fields = self.categorical + self.multi_valued + self.numeric + list(self.dates)
         if not fields:
             raise ValueError("name at least one categorical, multi_valued or numeric column")
         dupes = sorted({f for f in fields if fields.count(f) > 1})
         if dupes:
             raise ValueError(f"columns listed more than once: {', '.join(dupes)}")
+        not_numeric = sorted(set(self.log_numeric) - set(self.numeric))
+        if not_numeric:
+            raise ValueError(f"log_numeric columns not in numeric: {', '.join(not_numeric)}")
         unknown = sorted(set(self.separators) - set(self.multi_valued))
         if unknown:
             raise ValueError(f"separators for columns not in multi_valued: {', '.join(unknown)}")
@@ -150,7 +163,32 @@ class TabularEncoder:
                 out.append([token] if token else [])
         return out
 
+    def _date_values(self, items: pd.DataFrame, field: str) -> np.ndarray:
+        raw = items[field]
+        fmt = self.config.dates[field]
+        parsed = pd.to_datetime(raw, format=fmt, errors="coerce")
+        blank = raw.map(_is_missing).to_numpy(dtype=bool)
+        bad = ~blank & parsed.isna().to_numpy()
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"item table: date column {field!r} has a value {raw.iloc[row]!r} at "
+                f"{_item_label(items, row)} that does not parse"
+                + (f" with format {fmt!r}" if fmt else "")
+                + f" ({int(bad.sum())} such rows)"
+            )
+        days = (parsed - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1)
+        return np.asarray(days, dtype=np.float64)
+
     def _numeric_values(self, items: pd.DataFrame, field: str) -> np.ndarray:
+        if field in self.config.dates:
+            return self._date_values(items, field)
+        numbers = self._raw_numbers(items, field)
+        if field in self.config.log_numeric:
+            numbers = np.sign(numbers) * np.log1p(np.abs(numbers))
+        return numbers
+
+    def _raw_numbers(self, items: pd.DataFrame, field: str) -> np.ndarray:
         raw = items[field]
         if raw.dtype == bool:
             raw = raw.astype(float)
@@ -170,7 +208,12 @@ class TabularEncoder:
     # -- fit / transform -----------------------------------------------------------------
     @property
     def fields(self) -> list[str]:
-        return self.config.categorical + self.config.multi_valued + self.config.numeric
+        return self.config.categorical + self.config.multi_valued + self.numeric_fields
+
+    @property
+    def numeric_fields(self) -> list[str]:
+        """Numeric columns, then dates (both standardised numbers with an indicator)."""
+        return self.config.numeric + list(self.config.dates)
 
     def fit(self, items: pd.DataFrame) -> TabularEncoder:
         check_columns(items, self.fields, "tabular config")
@@ -180,7 +223,7 @@ class TabularEncoder:
             kept = [t for t, c in counts.items() if c >= self.config.min_count]
             self.vocab[field] = sorted(kept, key=lambda t: (-counts[t], t))
         self.stats = {}
-        for field in self.config.numeric:
+        for field in self.numeric_fields:
             values = self._numeric_values(items, field)
             finite = values[np.isfinite(values)]
             mean = float(finite.mean()) if finite.size else 0.0
@@ -193,7 +236,7 @@ class TabularEncoder:
     def columns(self) -> list[str]:
         self._check_fitted()
         cols = [f"{field}={value}" for field, values in self.vocab.items() for value in values]
-        for field in self.config.numeric:
+        for field in self.numeric_fields:
             cols += [field, f"{field}__missing"]
         return cols
 
@@ -229,7 +272,7 @@ class TabularEncoder:
             if unseen:
                 self.unseen_counts[field] = unseen
             col += len(values)
-        for field in self.config.numeric:
+        for field in self.numeric_fields:
             values = self._numeric_values(items, field)
             missing = ~np.isfinite(values)
             stats = self.stats[field]
@@ -296,7 +339,7 @@ class TabularEncoder:
                     "mean": float(data["numeric"][f]["mean"]),
                     "std": float(data["numeric"][f]["std"]),
                 }
-                for f in config.numeric
+                for f in encoder.numeric_fields
             }
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(f"{path}: malformed tabular vocabulary: {err!r}") from None

@@ -37,6 +37,12 @@ class ContentConfig(StrictModel):
         " predictor is a ridge regression of standardised log training counts on the"
         " content of items that have training interactions",
     )
+    popularity_model: Literal["ridge", "gbdt"] = Field(
+        default="ridge",
+        description="ridge: linear, on the normalised content vector; gbdt: scikit-learn's"
+        " HistGradientBoostingRegressor on the raw feature blocks (missing modality: NaN),"
+        " which captures non-linear effects such as release date and vote counts",
+    )
 
 
 def content_item_matrix(
@@ -89,15 +95,43 @@ def recency_weighted_users(
     return users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
 
 
-def popularity_regressor(items: np.ndarray, counts: np.ndarray):
-    """Ridge regression of standardised log(1 + count) on content, fit on the items with
-    training interactions (cold items have none)."""
-    from sklearn.linear_model import Ridge
-
+def popularity_target(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(warm mask, standardised log(1 + count) of the warm items): what the regressors fit
+    (cold items have no training interactions, so they are left out)."""
     warm = counts > 0
     target = np.log1p(counts[warm])
-    target = (target - target.mean()) / max(target.std(), 1e-8)
+    return warm, (target - target.mean()) / max(target.std(), 1e-8)
+
+
+def popularity_regressor(items: np.ndarray, counts: np.ndarray):
+    """Ridge regression of the popularity target on the normalised content vectors."""
+    from sklearn.linear_model import Ridge
+
+    warm, target = popularity_target(counts)
     return Ridge(alpha=1.0).fit(items[warm], target)
+
+
+def raw_feature_matrix(features) -> np.ndarray:
+    """``(n_items, ΣD_m)``: the frozen blocks side by side, NaN where a modality is missing
+    (gradient-boosted trees route missing values themselves)."""
+    blocks = []
+    for matrix, present in features.values():
+        x = np.array(matrix, dtype=np.float32)
+        x[~np.asarray(present, dtype=bool)] = np.nan
+        blocks.append(x)
+    return np.concatenate(blocks, axis=1)
+
+
+def popularity_gbdt(raw: np.ndarray, counts: np.ndarray, seed: int = 0):
+    """Gradient-boosted trees (fixed settings, deterministic given ``seed``) for the same
+    target as :func:`popularity_regressor`."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    warm, target = popularity_target(counts)
+    model = HistGradientBoostingRegressor(
+        max_iter=300, learning_rate=0.05, early_stopping=False, random_state=seed
+    )
+    return model.fit(raw[warm], target)
 
 
 @register_model("content", ContentConfig)
@@ -117,8 +151,13 @@ class ContentOnly(Recommender):
         self.content = items
         self.regressor = None
         if config.popularity_weight > 0:
-            self.regressor = popularity_regressor(items, graph.item_counts())
-            pop = self.regressor.predict(items)
+            if config.popularity_model == "gbdt":
+                raw = raw_feature_matrix(graph.item_features)
+                self.regressor = popularity_gbdt(raw, graph.item_counts())
+                pop = self.regressor.predict(raw)
+            else:
+                self.regressor = popularity_regressor(items, graph.item_counts())
+                pop = self.regressor.predict(items)
             items = np.concatenate([items, config.popularity_weight * pop[:, None]], axis=1)
         self.register_buffer("item_emb", torch.as_tensor(items, dtype=torch.float32))
         self.register_buffer("user_emb", self._users(graph))
@@ -148,9 +187,15 @@ class ContentOnly(Recommender):
         if self.features.tabular_encoder is not None:
             self.features.tabular_encoder.save(folder / "tabular.json")
         arrays = {f"fill_{name}": vector for name, vector in self.fill.items()}
-        if self.regressor is not None:
+        if self.regressor is not None and self.config.popularity_model == "ridge":
             arrays["ridge_coef"] = self.regressor.coef_
             arrays["ridge_intercept"] = np.atleast_1d(self.regressor.intercept_)
+        if self.regressor is not None and self.config.popularity_model == "gbdt":
+            import joblib  # scikit-learn's own persistence
+
+            tmp = folder / "popularity.joblib.tmp"
+            joblib.dump(self.regressor, tmp)
+            tmp.replace(folder / "popularity.joblib")
         np.savez(folder / "arrays.npz", **arrays)
         spec = {
             "kind": "content",
@@ -158,5 +203,6 @@ class ContentOnly(Recommender):
             "modalities": list(self.features),
             "modality_weights": self.config.modality_weights,
             "popularity_weight": self.config.popularity_weight,
+            "popularity_model": self.config.popularity_model,
         }
         (folder / "encoder.json").write_text(json.dumps(spec, indent=2))

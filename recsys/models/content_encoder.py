@@ -16,7 +16,7 @@ import pandas as pd
 
 from recsys.features.pipeline import FeaturesConfig, build_item_features
 from recsys.features.tabular import TabularEncoder
-from recsys.models.content import content_item_matrix
+from recsys.models.content import content_item_matrix, raw_feature_matrix
 from recsys.serve.content import register_item_encoder
 
 
@@ -36,6 +36,11 @@ class ContentItemEncoder:
             if ("ridge_coef" in arrays)
             else None
         )
+        self.gbdt = None
+        if spec.get("popularity_model", "ridge") == "gbdt" and self.popularity_weight > 0:
+            import joblib
+
+            self.gbdt = joblib.load(folder / "popularity.joblib")
         self._text_encoder = None
 
     def encode(self, items: pd.DataFrame) -> tuple[np.ndarray, None]:
@@ -49,9 +54,12 @@ class ContentItemEncoder:
         )
         ordered = {m: features[m] for m in self.modalities}
         x = content_item_matrix(ordered, self.weights, self.fill)
-        if self.popularity_weight > 0 and self.ridge is not None:
-            coef, intercept = self.ridge
-            pop = x @ coef + intercept
+        if self.popularity_weight > 0 and (self.ridge is not None or self.gbdt is not None):
+            if self.gbdt is not None:
+                pop = self.gbdt.predict(raw_feature_matrix(ordered))
+            else:
+                coef, intercept = self.ridge
+                pop = x @ coef + intercept
             x = np.concatenate([x, self.popularity_weight * pop[:, None]], axis=1)
         return x.astype(np.float32), None
 

@@ -73,6 +73,13 @@ class DASConfig(StrictModel):
         description="add learned per-level code embeddings (indexed by the jointly trained"
         " codes) to the codeword sum, as the two-stage model represents items",
     )
+    propagate_semantic: bool = Field(
+        default=False,
+        description="score with LightGCN propagation of the combined (collaborative +"
+        " semantic) ego embeddings, so that semantic-ID embeddings are smoothed over the"
+        " graph as in the two-stage model; False: the semantic part is added after"
+        " propagation",
+    )
     history_decay: float = Field(
         default=0.9, gt=0, le=1, description="recency weight of the user's history content"
     )
@@ -279,9 +286,14 @@ class DualAlignedSemanticIDs(Recommender):
         return torch.cat([interest, pop], dim=1)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        e_u, e_i = self.propagation(self.user.weight, self.item.weight)
         s_i = self.item_tower(None).quantized
         s_u = self.user_tower(None).quantized if self.user_tower is not None else None
+        if self.config.propagate_semantic:
+            return self.propagation(
+                self._final(self.user.weight, s_u, None),
+                self._final(self.item.weight, s_i, self.warm),
+            )
+        e_u, e_i = self.propagation(self.user.weight, self.item.weight)
         return self._final(e_u, s_u, None), self._final(e_i, s_i, self.warm)
 
     # ------------------------------------------------------------------------ losses
@@ -297,22 +309,39 @@ class DualAlignedSemanticIDs(Recommender):
         users, pos = batch["users"], batch["pos_items"]
         neg = batch["neg_items"][:, 0]
         e_u_all, e_i_all = self.propagation(self.user.weight, self.item.weight)
-        # One tower pass over the batch's distinct items (and users): one EMA update a step.
-        items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-        item_out = self.item_tower(items)
-        s_items = item_out.quantized
-        s_pos, s_neg = s_items[inverse[: len(pos)]], s_items[inverse[len(pos) :]]
-        terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
-        s_u = None
-        if self.user_tower is not None:
-            uniq_u, inv_u = torch.unique(users, return_inverse=True)
-            user_out = self.user_tower(uniq_u)
-            s_u = user_out.quantized[inv_u]
-            terms["quant_loss"] = terms["quant_loss"] + user_out.loss
         e_u, e_p, e_n = e_u_all[users], e_i_all[pos], e_i_all[neg]
-        u_final = self._final(e_u, s_u, None)
-        p_final = self._final(e_p, s_pos, self.warm[pos])
-        n_final = self._final(e_n, s_neg, self.warm[neg])
+        s_u = None
+        if cfg.propagate_semantic:
+            # Every node's semantic embedding enters the propagation: towers over all rows.
+            item_out = self.item_tower(None)
+            s_pos, s_neg = item_out.quantized[pos], item_out.quantized[neg]
+            terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
+            s_u_all = None
+            if self.user_tower is not None:
+                user_out = self.user_tower(None)
+                s_u_all = user_out.quantized
+                s_u = s_u_all[users]
+                terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+            f_u_all, f_i_all = self.propagation(
+                self._final(self.user.weight, s_u_all, None),
+                self._final(self.item.weight, item_out.quantized, self.warm),
+            )
+            u_final, p_final, n_final = f_u_all[users], f_i_all[pos], f_i_all[neg]
+        else:
+            # One tower pass over the batch's distinct items (and users): one EMA update.
+            items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+            item_out = self.item_tower(items)
+            s_items = item_out.quantized
+            s_pos, s_neg = s_items[inverse[: len(pos)]], s_items[inverse[len(pos) :]]
+            terms = {"quant_loss": item_out.loss}
+            if self.user_tower is not None:
+                uniq_u, inv_u = torch.unique(users, return_inverse=True)
+                user_out = self.user_tower(uniq_u)
+                s_u = user_out.quantized[inv_u]
+                terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+            u_final = self._final(e_u, s_u, None)
+            p_final = self._final(e_p, s_pos, self.warm[pos])
+            n_final = self._final(e_n, s_neg, self.warm[neg])
         terms["rec_loss"] = bpr_loss((u_final * p_final).sum(-1), (u_final * n_final).sum(-1))
         terms["reg_loss"] = l2_penalty(
             self.user.weight[users], self.item.weight[pos], self.item.weight[neg]
