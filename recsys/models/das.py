@@ -80,6 +80,13 @@ class DASConfig(StrictModel):
         " graph as in the two-stage model; False: the semantic part is added after"
         " propagation",
     )
+    item_id_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="weight of a warm item's collaborative (ID) embedding in its final"
+        " representation; 0: items are scored from their semantic IDs alone and the ID"
+        " embeddings only teach the alignment losses",
+    )
     history_decay: float = Field(
         default=0.9, gt=0, le=1, description="recency weight of the user's history content"
     )
@@ -244,7 +251,7 @@ class DualAlignedSemanticIDs(Recommender):
         nn.init.xavier_uniform_(self.user.weight)
         nn.init.xavier_uniform_(self.item.weight)
         self.propagation = GraphPropagation(graph, config.layers)
-        self.register_buffer("warm", warm_mask(graph))
+        self.register_buffer("warm", warm_mask(graph) * config.item_id_weight)
         self.register_buffer("item_pop", _standardized_log(graph.item_counts()))
         self.register_buffer("user_pop", _standardized_log(graph.user_counts()))
         self.pop_head = nn.Linear(max(config.pop_dim, 1), 1)
