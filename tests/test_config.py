@@ -78,3 +78,19 @@ def test_cli_misspelt_override_exits_nonzero_naming_the_key(capsys, tmp_path):
     assert code == 2
     assert "model.dimm: unknown key" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ablation_configs_follow_das_yaml():
+    """configs/ablations/das*.yaml are configs/das.yaml minus one part each; regenerate
+    them with bench/make_ablation_configs.py after editing das.yaml."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "make_ablation_configs.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr

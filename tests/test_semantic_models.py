@@ -184,3 +184,16 @@ def test_two_stage_codes_fixed_and_cold_items_represented():
     assert torch.equal(before, model.sids)  # stage 1 stays frozen
     _, items = model.embeddings()
     assert items[27:30].abs().sum() > 0
+
+
+def test_das_code_churn_metric():
+    graph, _ = synthetic_content_graph()
+    model = build_model(small_das(), graph)
+    first = model.epoch_metrics()
+    assert "sid_changed_frac" not in first  # nothing to compare with yet
+    assert model.epoch_metrics()["sid_changed_frac"] == 0.0  # no step in between
+    before = model.item_tower.codes()
+    _train(model, graph, steps=20, lr=0.05)
+    after = model.item_tower.codes()
+    expected = float((before != after).any(dim=1).float().mean())
+    assert model.epoch_metrics()["sid_changed_frac"] == pytest.approx(expected)

@@ -182,11 +182,9 @@ class ContentOnly(Recommender):
         popularity regressor (see ``recsys.models.content_encoder``)."""
         if self.features_config is None:
             return
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "features.json").write_text(self.features_config.model_dump_json(indent=2))
-        if self.features.tabular_encoder is not None:
-            self.features.tabular_encoder.save(folder / "tabular.json")
-        arrays = {f"fill_{name}": vector for name, vector in self.fill.items()}
+        from recsys.models.content_encoder import write_content_vectors
+
+        arrays = write_content_vectors(folder, self.features, self.features_config)
         if self.regressor is not None and self.config.popularity_model == "ridge":
             arrays["ridge_coef"] = self.regressor.coef_
             arrays["ridge_intercept"] = np.atleast_1d(self.regressor.intercept_)

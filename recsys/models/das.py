@@ -406,8 +406,16 @@ class DualAlignedSemanticIDs(Recommender):
 
     # ------------------------------------------------------------- semantic-ID health
     def epoch_metrics(self) -> dict[str, float]:
-        stats = codebook_stats(self.item_tower.codes(), self.config.item_quantizer.codebook_size)
-        return {f"sid_{k}": v for k, v in stats.items() if k != "n_items"}
+        codes = self.item_tower.codes()
+        stats = codebook_stats(codes, self.config.item_quantizer.codebook_size)
+        out = {f"sid_{k}": v for k, v in stats.items() if k != "n_items"}
+        # Churn: items whose code tuple changed since the previous epoch's call (code
+        # embeddings indexed by codes that keep moving learn slowly).
+        previous = getattr(self, "_previous_codes", None)
+        if previous is not None and previous.shape == codes.shape:
+            out["sid_changed_frac"] = float((previous != codes).any(dim=1).float().mean())
+        self._previous_codes = codes.clone()
+        return out
 
     def semantic_ids(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         out = {

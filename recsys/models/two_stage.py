@@ -9,6 +9,8 @@ embeddings.  An item never seen in training still has its codes, hence a represe
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +45,7 @@ class TwoStageSemanticIDs(Recommender):
         if graph.item_features is None:
             raise ValueError("two_stage needs item features")
         self.config = config
+        self.features, self.features_config = graph.item_features, graph.features_config
         content = content_item_matrix(graph.item_features, config.modality_weights)
         # Stage 1: quantize the content once; the codes are frozen from here on.
         self.quantizer = build_quantizer(config.quantizer).fit(content.astype(np.float32))
@@ -92,3 +95,29 @@ class TwoStageSemanticIDs(Recommender):
 
     def semantic_ids(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         return {"items": (self.sids.cpu().numpy(), self.sid_stats)}
+
+    def write_item_encoder(self, folder: Path) -> None:
+        """What serving needs to embed a new item as training embedded a cold one: the
+        content pipeline, the frozen quantizer, the code tables and the layer count (see
+        ``recsys.models.two_stage_encoder``)."""
+        if self.features_config is None:
+            return
+        from recsys.models.content_encoder import write_content_vectors
+
+        arrays = write_content_vectors(folder, self.features, self.features_config)
+        for level, emb in enumerate(self.code_emb):
+            arrays[f"code_emb_{level}"] = emb.weight.detach().cpu().numpy()
+        arrays["suffix_emb_0"] = self.suffix_emb.weight[0].detach().cpu().numpy()
+        if self.projection is not None:
+            arrays["projection"] = self.projection.weight.detach().cpu().numpy()
+        np.savez(folder / "arrays.npz", **arrays)
+        self.quantizer.save(folder / "quantizer.pt")
+        spec = {
+            "kind": "two_stage",
+            "module": "recsys.models.two_stage_encoder",
+            "modalities": list(self.features),
+            "modality_weights": self.config.modality_weights,
+            "layers": self.config.layers,
+            "levels": self.config.quantizer.levels,
+        }
+        (folder / "encoder.json").write_text(json.dumps(spec, indent=2))
