@@ -92,3 +92,52 @@ def test_added_item_gets_a_unique_semantic_id_sharing_its_twins_codes(run):
     assert tuple(sid) not in taken  # disambiguated against the catalogue
     similar = client.get("/v1/items/new-twin/similar", params={"k": 3})
     assert similar.status_code == 200 and len(similar.json()["items"]) == 3
+
+
+@pytest.fixture(scope="module")
+def das_run(tmp_path_factory) -> RunFolder:
+    from conftest import synthetic_interactions
+
+    root = tmp_path_factory.mktemp("das")
+    synthetic_interactions(n_users=60, n_items=N_ITEMS).to_csv(root / "inter.csv", index=False)
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N_ITEMS)],
+            "genres": [GENRES[i % 4] for i in range(N_ITEMS)],
+            "length": [90.0 + (i * 7) % 40 if i % 5 else None for i in range(N_ITEMS)],
+        }
+    )
+    items.to_csv(root / "items.csv", index=False)
+    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0}
+    config = parse_run_config(
+        {
+            "name": "das",
+            "output_dir": str(root / "runs"),
+            "data": {
+                "dataset": "table",
+                "split": "cold-10",
+                "interactions": {"path": str(root / "inter.csv")},
+                "items": {"path": str(root / "items.csv")},
+            },
+            "model": {
+                "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6,
+                "item_fusion": {"hidden_dim": 8}, "user_fusion": {"hidden_dim": 8},
+                "item_quantizer": quant, "user_quantizer": quant,
+            },
+            "features": {"tabular": {"categorical": ["genres"], "numeric": ["length"]}},
+            "trainer": {"max_epochs": 2, "num_threads": 1},
+        }
+    )  # fmt: skip
+    return train_run(config)
+
+
+def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
+    vectors, sids = load_item_encoder(das_run).encode(das_run.items())
+    table = pd.read_parquet(das_run.root / "semantic_ids" / "items.parquet")
+    np.testing.assert_array_equal(sids[:, :2], table[["c0", "c1"]].to_numpy())
+    _, trained = das_run.embeddings()
+    cold = np.load(das_run.root / "candidates_test.npy")
+    assert len(cold) > 0
+    np.testing.assert_allclose(vectors[cold], trained[cold], atol=1e-5)
+    assert np.abs(vectors[cold]).sum() > 0
+    assert np.abs(vectors[:, -4:]).sum() == 0  # no conformity factor without interactions

@@ -31,6 +31,8 @@ embedding.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -111,7 +113,27 @@ class DASConfig(StrictModel):
         return self.dim - self.pop_dim
 
 
-def pca_blocks(features: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, seed: int):
+@dataclasses.dataclass
+class BlockTransform:
+    """A frozen block's input transform: ``((x - mean) @ components.T) / scale`` (PCA
+    when ``components`` is not None, else ``x / scale``); absent rows become zeros."""
+
+    scale: float
+    mean: np.ndarray | None = None
+    components: np.ndarray | None = None
+
+    def __call__(self, matrix: np.ndarray, present: np.ndarray) -> np.ndarray:
+        x = np.asarray(matrix, dtype=np.float32)
+        if self.components is not None:
+            x = ((x - self.mean) @ self.components.T).astype(np.float32)
+        x = x / self.scale
+        x[~np.asarray(present, dtype=bool)] = 0.0
+        return x
+
+
+def fit_block_transforms(
+    features: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, seed: int
+) -> dict[str, BlockTransform]:
     """Each frozen block reduced to ≤ ``dim`` columns by PCA fit on its present rows, then
     scaled to unit mean norm: a frozen input transform that keeps the towers small."""
     from sklearn.decomposition import PCA
@@ -119,14 +141,26 @@ def pca_blocks(features: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, see
     out = {}
     for name, (matrix, present) in features.items():
         x = np.asarray(matrix, dtype=np.float32)
+        present = np.asarray(present, dtype=bool)
         k = min(dim, x.shape[1], max(1, int(present.sum()) - 1))
+        transform = BlockTransform(scale=1.0)
         if x.shape[1] > k and present.sum() > k:
             pca = PCA(n_components=k, random_state=seed).fit(x[present])
-            x = pca.transform(x).astype(np.float32)
-        x[~present] = 0.0
-        scale = np.linalg.norm(x[present], axis=1).mean() if present.any() else 1.0
-        out[name] = (x / max(float(scale), 1e-8), np.asarray(present, dtype=bool))
+            transform = BlockTransform(1.0, pca.mean_.astype(np.float32), pca.components_)
+        reduced = transform(x, present)
+        scale = np.linalg.norm(reduced[present], axis=1).mean() if present.any() else 1.0
+        transform.scale = max(float(scale), 1e-8)
+        out[name] = transform
     return out
+
+
+def pca_blocks(features: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, seed: int):
+    """``{name: (reduced (N, ≤dim), present)}`` with :func:`fit_block_transforms`."""
+    transforms = fit_block_transforms(features, dim, seed)
+    return {
+        name: (transforms[name](matrix, present), np.asarray(present, dtype=bool))
+        for name, (matrix, present) in features.items()
+    }
 
 
 def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
@@ -229,8 +263,15 @@ class DualAlignedSemanticIDs(Recommender):
         self.config = config
         self.n_users, self.n_items = graph.n_users, graph.n_items
         d_int = config.interest_dim
-        item_blocks = pca_blocks(dict(graph.item_features), config.input_dim, seed=0)
+        self._item_transforms = fit_block_transforms(
+            dict(graph.item_features), config.input_dim, seed=0
+        )
+        item_blocks = {
+            name: (self._item_transforms[name](matrix, present), np.asarray(present, bool))
+            for name, (matrix, present) in graph.item_features.items()
+        }
         self._item_blocks = item_blocks  # frozen inputs, kept to rebuild user histories
+        self.features, self.features_config = graph.item_features, graph.features_config
         self.item_tower = _Tower(
             item_blocks, config.item_fusion, config.item_quantizer, d_int, config.code_embeddings
         )
@@ -428,3 +469,40 @@ class DualAlignedSemanticIDs(Recommender):
                 self.user_tower.codes(), self.config.user_quantizer.codebook_size
             )
         return out
+
+    # ------------------------------------------------------------------- serving
+    def write_item_encoder(self, folder: Path) -> None:
+        """What serving needs to embed a new item as training embeds a cold one: the
+        content pipeline, the frozen block transforms, the item tower's weights (fusion,
+        quantizer, code embeddings) and the final-representation settings (see
+        ``recsys.models.das_encoder``)."""
+        if self.features_config is None:
+            return
+        from recsys.models.content_encoder import write_content_vectors
+
+        arrays = write_content_vectors(folder, self.features, self.features_config)
+        for name, t in self._item_transforms.items():
+            arrays[f"scale_{name}"] = np.array([t.scale])
+            if t.components is not None:
+                arrays[f"mean_{name}"], arrays[f"components_{name}"] = t.mean, t.components
+        np.savez(folder / "arrays.npz", **arrays)
+        inputs = {f"x{i}" for i in range(len(self.item_tower.names))}
+        inputs |= {f"p{i}" for i in range(len(self.item_tower.names))}
+        weights = {k: v for k, v in self.item_tower.state_dict().items() if k not in inputs}
+        torch.save(weights, folder / "item_tower.pt")
+        cfg = self.config
+        spec = {
+            "kind": "das",
+            "module": "recsys.models.das_encoder",
+            "modalities": list(self.features),
+            "block_dims": {
+                name: int(self._item_blocks[name][0].shape[1]) for name in self.item_tower.names
+            },
+            "fusion": cfg.item_fusion.model_dump(mode="json"),
+            "quantizer": cfg.item_quantizer.model_dump(mode="json"),
+            "interest_dim": cfg.interest_dim,
+            "pop_dim": cfg.pop_dim,
+            "semantic_weight": cfg.semantic_weight,
+            "code_embeddings": cfg.code_embeddings,
+        }
+        (folder / "encoder.json").write_text(json.dumps(spec, indent=2))

@@ -1,0 +1,88 @@
+"""Serving-side item encoder of the one-stage DAS model (``RUN/item_encoder/``).
+
+A new item goes through what a cold item goes through in training: frozen extractors →
+the saved block transforms (PCA + scale) → the item tower (fusion, residual quantizer,
+per-level code embeddings) in eval mode → ``s_i``; its final representation is
+``[γ s_i ; 0]`` (no ID embedding: it has no interactions), its semantic ID the tower's
+codes with suffix 0 (the serving layer disambiguates it against the catalogue).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from recsys.models.content_encoder import ContentVectors
+from recsys.models.das import BlockTransform
+from recsys.models.fusion import FusionConfig, ModalityFusion
+from recsys.models.quantizer import QuantizerConfig, ResidualQuantizer
+from recsys.serve.content import register_item_encoder
+
+
+class _ItemTower(nn.Module):
+    """Fusion → quantizer (→ + code embeddings): the trained tower without its inputs."""
+
+    def __init__(self, dims: dict[str, int], spec: dict) -> None:
+        super().__init__()
+        d = int(spec["interest_dim"])
+        fusion = FusionConfig.model_validate(spec["fusion"]).model_copy(update={"output_dim": d})
+        quantizer = QuantizerConfig.model_validate(spec["quantizer"])
+        self.fusion = ModalityFusion(dims, fusion)
+        self.quantizer = ResidualQuantizer.from_config(quantizer, d)
+        self.code_emb = None
+        if spec["code_embeddings"]:
+            self.code_emb = nn.ModuleList(
+                nn.Embedding(quantizer.codebook_size, d) for _ in range(quantizer.levels)
+            )
+
+    @torch.no_grad()
+    def forward(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.quantizer(self.fusion(inputs))
+        s = out.quantized
+        if self.code_emb is not None:
+            s = s + sum(emb(out.codes[:, level]) for level, emb in enumerate(self.code_emb))
+        return s, out.codes
+
+
+class DASItemEncoder:
+    def __init__(self, folder: Path) -> None:
+        spec = json.loads((folder / "encoder.json").read_text())
+        self.content = ContentVectors(folder, spec["modalities"], {})
+        arrays = np.load(folder / "arrays.npz")
+        self.blocks = list(spec["block_dims"])
+        self.transforms = {}
+        for name in self.blocks:
+            mean = arrays[f"mean_{name}"] if f"mean_{name}" in arrays else None
+            comps = arrays[f"components_{name}"] if f"components_{name}" in arrays else None
+            self.transforms[name] = BlockTransform(float(arrays[f"scale_{name}"][0]), mean, comps)
+        self.tower = _ItemTower({k: int(v) for k, v in spec["block_dims"].items()}, spec)
+        state = torch.load(folder / "item_tower.pt", map_location="cpu", weights_only=True)
+        self.tower.load_state_dict(state, strict=True)
+        self.tower.eval()
+        self.semantic_weight = float(spec["semantic_weight"])
+        self.pop_dim = int(spec["pop_dim"])
+
+    def encode(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """items → ``(N, dim)`` float32 embeddings, ``(N, levels + 1)`` semantic IDs."""
+        features = self.content.features(items)
+        inputs = {
+            name: (
+                torch.as_tensor(self.transforms[name](*features[name])),
+                torch.as_tensor(np.asarray(features[name][1], dtype=bool)),
+            )
+            for name in self.blocks
+        }
+        s, codes = self.tower(inputs)
+        final = torch.cat([self.semantic_weight * s, s.new_zeros(len(s), self.pop_dim)], dim=1)
+        sids = torch.cat([codes, codes.new_zeros(len(codes), 1)], dim=1)
+        return final.numpy().astype(np.float32), sids.numpy().astype(np.int64)
+
+
+@register_item_encoder("das")
+def load(folder: Path) -> DASItemEncoder:
+    return DASItemEncoder(folder)
