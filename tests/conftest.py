@@ -60,3 +60,36 @@ def tiny_table(tmp_path: Path) -> Path:
     path = tmp_path / "interactions.csv"
     synthetic_interactions().to_csv(path, index=False)
     return path
+
+
+def train_table_run(
+    root: Path,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    model: dict,
+    features: dict,
+    split: str = "loo",
+    **sections,
+):
+    """Write the two tables under ``root`` and train one run of the generic ``table``
+    dataset on them (``sections``: extra top-level config sections, e.g. ``trainer``);
+    returns its RunFolder."""
+    from recsys.train.config import parse_run_config
+    from recsys.train.runner import train_run
+
+    interactions.to_csv(root / "inter.csv", index=False)
+    items.to_csv(root / "items.csv", index=False)
+    config = {
+        "name": model["kind"],
+        "output_dir": str(root / "runs"),
+        "data": {
+            "dataset": "table",
+            "split": split,
+            "interactions": {"path": str(root / "inter.csv")},
+            "items": {"path": str(root / "items.csv")},
+        },
+        "model": model,
+        "features": features,
+        **sections,
+    }
+    return train_run(parse_run_config(config))

@@ -11,19 +11,14 @@ from recsys.artifacts import RunFolder
 from recsys.serve.app import create_app
 from recsys.serve.config import ServeConfig
 from recsys.serve.content import load_item_encoder
-from recsys.train.config import parse_run_config
-from recsys.train.runner import train_run
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunFolder:
-    from conftest import synthetic_interactions
+    from conftest import synthetic_interactions, train_table_run
 
-    root = tmp_path_factory.mktemp("content")
-    inter = synthetic_interactions(n_users=40, n_items=24)
-    inter.to_csv(root / "inter.csv", index=False)
     items = pd.DataFrame(
         {
             "item_id": [f"i{i}" for i in range(24)],
@@ -33,21 +28,13 @@ def run(tmp_path_factory) -> RunFolder:
             "length": [90.0 + i if i != 5 else None for i in range(24)],
         }
     )
-    items.to_csv(root / "items.csv", index=False)
-    config = parse_run_config(
-        {
-            "name": "content",
-            "output_dir": str(root / "runs"),
-            "data": {
-                "dataset": "table",
-                "interactions": {"path": str(root / "inter.csv")},
-                "items": {"path": str(root / "items.csv")},
-            },
-            "model": {"kind": "content", "popularity_weight": 0.2},
-            "features": {"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
-        }
+    return train_table_run(
+        tmp_path_factory.mktemp("content"),
+        synthetic_interactions(n_users=40, n_items=24),
+        items,
+        model={"kind": "content", "popularity_weight": 0.2},
+        features={"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
     )
-    return train_run(config)
 
 
 def test_encoder_reproduces_training_embeddings(run):
@@ -110,7 +97,6 @@ def test_gbdt_popularity_is_reproduced_by_the_served_encoder(tmp_path):
         for t, i in enumerate(rng.choice(n_items, 10, replace=False, p=weights / weights.sum()))
     ]
     inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-    inter.to_csv(tmp_path / "inter.csv", index=False)
     counts = inter["item_id"].value_counts()
     items = pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)]})
     # a noisy numeric column that reveals popularity, so the trees have something to learn
@@ -118,28 +104,17 @@ def test_gbdt_popularity_is_reproduced_by_the_served_encoder(tmp_path):
         float(counts.get(i, 0)) ** 2 * rng.uniform(0.8, 1.2) for i in items["item_id"]
     ]
     items["genres"] = [GENRES[i % 4] for i in range(n_items)]
-    items.to_csv(tmp_path / "items.csv", index=False)
-    config = parse_run_config(
-        {
-            "name": "gbdt",
-            "output_dir": str(tmp_path / "runs"),
-            "data": {
-                "dataset": "table",
-                "split": "ratio-811",
-                "interactions": {"path": str(tmp_path / "inter.csv")},
-                "items": {"path": str(tmp_path / "items.csv")},
-            },
-            "model": {"kind": "content", "popularity_weight": 1.0, "popularity_model": "gbdt"},
-            "features": {
-                "tabular": {
-                    "multi_valued": ["genres"],
-                    "numeric": ["votes"],
-                    "log_numeric": ["votes"],
-                }
-            },
-        }
+    from conftest import train_table_run
+
+    tabular = {"multi_valued": ["genres"], "numeric": ["votes"], "log_numeric": ["votes"]}
+    run = train_table_run(
+        tmp_path,
+        inter,
+        items,
+        model={"kind": "content", "popularity_weight": 1.0, "popularity_model": "gbdt"},
+        features={"tabular": tabular},
+        split="ratio-811",
     )
-    run = train_run(config)
     assert (run.root / "item_encoder" / "popularity.joblib").exists()
     vectors, _ = load_item_encoder(run).encode(run.items())
     _, trained = run.embeddings()

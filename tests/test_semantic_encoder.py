@@ -13,8 +13,6 @@ from recsys.artifacts import RunFolder
 from recsys.serve.app import create_app
 from recsys.serve.config import ServeConfig
 from recsys.serve.content import load_item_encoder
-from recsys.train.config import parse_run_config
-from recsys.train.runner import train_run
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 N_ITEMS = 60
@@ -22,10 +20,8 @@ N_ITEMS = 60
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunFolder:
-    from conftest import synthetic_interactions
+    from conftest import synthetic_interactions, train_table_run
 
-    root = tmp_path_factory.mktemp("two-stage")
-    synthetic_interactions(n_users=60, n_items=N_ITEMS).to_csv(root / "inter.csv", index=False)
     items = pd.DataFrame(
         {
             "item_id": [f"i{i}" for i in range(N_ITEMS)],
@@ -35,28 +31,20 @@ def run(tmp_path_factory) -> RunFolder:
             "length": [90.0 + (i * 7) % 40 for i in range(N_ITEMS)],
         }
     )  # fmt: skip
-    items.to_csv(root / "items.csv", index=False)
-    config = parse_run_config(
-        {
-            "name": "two-stage",
-            "output_dir": str(root / "runs"),
-            "data": {
-                "dataset": "table",
-                "split": "cold-10",
-                "interactions": {"path": str(root / "inter.csv")},
-                "items": {"path": str(root / "items.csv")},
-            },
-            "model": {
-                "kind": "two_stage",
-                "dim": 8,
-                "content_projection": True,
-                "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
-            },
-            "features": {"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
-            "trainer": {"max_epochs": 3, "num_threads": 1},
-        }
+    return train_table_run(
+        tmp_path_factory.mktemp("two-stage"),
+        synthetic_interactions(n_users=60, n_items=N_ITEMS),
+        items,
+        model={
+            "kind": "two_stage",
+            "dim": 8,
+            "content_projection": True,
+            "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
+        },
+        features={"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
+        split="cold-10",
+        trainer={"max_epochs": 3, "num_threads": 1},
     )
-    return train_run(config)
 
 
 def test_encoder_reproduces_codes_and_cold_item_vectors(run):
@@ -96,10 +84,8 @@ def test_added_item_gets_a_unique_semantic_id_sharing_its_twins_codes(run):
 
 @pytest.fixture(scope="module")
 def das_run(tmp_path_factory) -> RunFolder:
-    from conftest import synthetic_interactions
+    from conftest import synthetic_interactions, train_table_run
 
-    root = tmp_path_factory.mktemp("das")
-    synthetic_interactions(n_users=60, n_items=N_ITEMS).to_csv(root / "inter.csv", index=False)
     items = pd.DataFrame(
         {
             "item_id": [f"i{i}" for i in range(N_ITEMS)],
@@ -107,28 +93,20 @@ def das_run(tmp_path_factory) -> RunFolder:
             "length": [90.0 + (i * 7) % 40 if i % 5 else None for i in range(N_ITEMS)],
         }
     )
-    items.to_csv(root / "items.csv", index=False)
     quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0}
-    config = parse_run_config(
-        {
-            "name": "das",
-            "output_dir": str(root / "runs"),
-            "data": {
-                "dataset": "table",
-                "split": "cold-10",
-                "interactions": {"path": str(root / "inter.csv")},
-                "items": {"path": str(root / "items.csv")},
-            },
-            "model": {
+    return train_table_run(
+        tmp_path_factory.mktemp("das"),
+        synthetic_interactions(n_users=60, n_items=N_ITEMS),
+        items,
+        model={
                 "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6,
                 "item_fusion": {"hidden_dim": 8}, "user_fusion": {"hidden_dim": 8},
                 "item_quantizer": quant, "user_quantizer": quant,
-            },
-            "features": {"tabular": {"categorical": ["genres"], "numeric": ["length"]}},
-            "trainer": {"max_epochs": 2, "num_threads": 1},
-        }
+        },
+        features={"tabular": {"categorical": ["genres"], "numeric": ["length"]}},
+        split="cold-10",
+        trainer={"max_epochs": 2, "num_threads": 1},
     )  # fmt: skip
-    return train_run(config)
 
 
 def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
