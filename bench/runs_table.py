@@ -44,10 +44,10 @@ def row(run: Path) -> dict:
 
 
 def markdown(title: str, rows: list[dict]) -> str:
-    head = ["dataset", "split", "model", *COLUMNS, "epochs (best)", "train s", "s to best"]
+    head = ["run", "dataset", "split", "model", *COLUMNS, "epochs (best)", "train s", "s to best"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["dataset"], r["split"], r["model"]]
+        cells = [f"`{r['run']}`", r["dataset"], r["split"], r["model"]]
         cells += [f"{r[c]:.4f}" if r[c] is not None else "" for c in COLUMNS]
         best = f" ({r['best_epoch']})" if r["best_epoch"] else ""
         cells += [f"{r['epochs']}{best}", f"{r['train_s']:.0f}", f"{r['s_to_best'] or ''}"]
