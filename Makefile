@@ -27,6 +27,7 @@ demo: install
 	$(RECSYS) train -c configs/lightgcn.yaml --fresh
 	$(RECSYS) export $(RUNS)/lightgcn-movielens-small --split test --k 20 \
 		--out $(RUNS)/lightgcn-movielens-small/recs_test.parquet
+	$(RECSYS) index $(RUNS)/lightgcn-movielens-small --kind hnsw --eval
 	@echo "== test metrics, movielens-small, leave-one-out =="
 	@$(RECSYS) table $(RUNS)/popularity-movielens-small $(RUNS)/mf-movielens-small \
 		$(RUNS)/lightgcn-movielens-small
