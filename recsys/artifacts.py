@@ -192,18 +192,24 @@ class RunFolder:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def write_embeddings(
-        self, user: np.ndarray, item: np.ndarray, user_for_valid: np.ndarray | None = None
+        self,
+        user: np.ndarray,
+        item: np.ndarray,
+        user_for_valid: np.ndarray | None = None,
+        item_for_valid: np.ndarray | None = None,
     ) -> None:
-        """``user``: the deployable user vectors (history up to valid, what test scoring
-        uses); ``user_for_valid``: the vectors valid was scored with, when they differ
-        (models whose user state is built from history)."""
+        """``user``/``item``: the deployable vectors (history up to valid, what test
+        scoring uses); ``*_for_valid``: the vectors valid was scored with, when they differ
+        (models whose user state is built from history; items too when propagation mixes
+        user state into them)."""
         atomic_write_npy(self.root / "embeddings" / "users.npy", user.astype(np.float32))
         atomic_write_npy(self.root / "embeddings" / "items.npy", item.astype(np.float32))
-        valid_path = self.root / "embeddings" / "users_valid.npy"
-        if user_for_valid is not None:
-            atomic_write_npy(valid_path, user_for_valid.astype(np.float32))
-        else:
-            valid_path.unlink(missing_ok=True)
+        for name, array in (("users_valid", user_for_valid), ("items_valid", item_for_valid)):
+            path = self.root / "embeddings" / f"{name}.npy"
+            if array is not None:
+                atomic_write_npy(path, array.astype(np.float32))
+            else:
+                path.unlink(missing_ok=True)
 
     def write_manifest(self, **fields: Any) -> None:
         manifest = {
@@ -246,11 +252,12 @@ class RunFolder:
         return IdMap.load(self._require(self.root / "id_maps" / "items.parquet"))
 
     def embeddings(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(users, items); ``split="valid"`` gives the user vectors valid was scored with."""
-        valid_path = self.root / "embeddings" / "users_valid.npy"
-        if split == "valid" and valid_path.exists():
-            return np.load(valid_path), np.load(
-                self._require(self.root / "embeddings" / "items.npy")
+        """(users, items); ``split="valid"`` gives the vectors valid was scored with."""
+        folder = self.root / "embeddings"
+        if split == "valid" and (folder / "users_valid.npy").exists():
+            items_valid = folder / "items_valid.npy"
+            return np.load(folder / "users_valid.npy"), np.load(
+                items_valid if items_valid.exists() else self._require(folder / "items.npy")
             )
         user = np.load(self._require(self.root / "embeddings" / "users.npy"))
         item = np.load(self._require(self.root / "embeddings" / "items.npy"))

@@ -119,3 +119,41 @@ def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
     np.testing.assert_allclose(vectors[cold], trained[cold], atol=1e-5)
     assert np.abs(vectors[cold]).sum() > 0
     assert np.abs(vectors[:, -4:]).sum() == 0  # no conformity factor without interactions
+
+
+def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):
+    """With propagate_semantic, item vectors depend on the users' history state, which
+    test scoring refreshes (train + valid). Valid must still be scored, saved and
+    re-evaluated with the vectors early stopping saw."""
+    from conftest import synthetic_interactions, train_table_run
+
+    from recsys.eval.bundle import evaluate_run
+
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N_ITEMS)],
+            "genres": [GENRES[i % 4] for i in range(N_ITEMS)],
+        }
+    )
+    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0}
+    run = train_table_run(
+        tmp_path,
+        synthetic_interactions(n_users=60, n_items=N_ITEMS),
+        items,
+        model={
+            "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6, "propagate_semantic": True,
+            "item_fusion": {"hidden_dim": 8}, "user_fusion": {"hidden_dim": 8},
+            "item_quantizer": quant, "user_quantizer": quant,
+        },
+        features={"tabular": {"categorical": ["genres"]}},
+        trainer={"max_epochs": 2, "num_threads": 1},
+    )  # fmt: skip
+    saved = run.metrics()
+    assert saved["valid"]["ndcg@10"] == pytest.approx(saved["training"]["best_valid"], abs=1e-6)
+    _, items_test = run.embeddings()
+    _, items_valid = run.embeddings("valid")
+    assert not np.array_equal(items_test, items_valid)  # the case this guards
+    for split in ("valid", "test"):
+        assert evaluate_run(run, split)["ndcg@10"] == pytest.approx(
+            saved[split]["ndcg@10"], abs=1e-6
+        )

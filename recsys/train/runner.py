@@ -157,12 +157,12 @@ def fit(
     }
 
 
-def evaluate_embeddings(users, item, dataset: SplitDataset, config: RunConfig) -> dict[str, Any]:
-    """users: ``{"valid": (U, D), "test": (U, D)}``, the user vectors each split is scored
-    with (they differ for models whose users are built from history)."""
+def evaluate_embeddings(vectors, dataset: SplitDataset, config: RunConfig) -> dict[str, Any]:
+    """vectors: ``{"valid": (users (U, D), items (I, D)), "test": (...)}``, what each split
+    is scored with (they differ for models whose users are built from history)."""
     out: dict[str, Any] = {}
     for split in ("valid", "test"):
-        user = users[split]
+        user, item = vectors[split]
         truth, exclude = dataset.eval_matrices(split)
         if truth.nnz == 0:
             continue
@@ -251,18 +251,24 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     training: dict[str, Any] = {"epochs": 0, "train_seconds": 0.0}
     if model.trainable:
         training = fit(model, dataset, config, run, resume)
-    valid_user, item = frozen_embeddings(model)  # history = train: what validation scored
-    user, user_for_valid = valid_user, None
+    valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
+    user, item = valid_user, valid_item
+    user_for_valid = item_for_valid = None
     known = np.isin(dataset.labels, (TRAIN, VALID))
     if model.use_history(dataset.users[known], dataset.items[known]):
         user, item = frozen_embeddings(model)
         user_for_valid = valid_user.numpy()
-    run.write_embeddings(user.numpy(), item.numpy(), user_for_valid)
+        # Propagation can mix user state into items: keep valid's items when they moved.
+        if not torch.equal(item, valid_item):
+            item_for_valid = valid_item.numpy()
+    run.write_embeddings(user.numpy(), item.numpy(), user_for_valid, item_for_valid)
     write_item_encoder(model, run)
     id_maps = {"items": dataset.item_map, "users": dataset.user_map}
     for side, (sids, stats) in model.semantic_ids().items():
         run.write_semantic_ids(side, id_maps[side].ids, sids, stats)
-    metrics = evaluate_embeddings({"valid": valid_user, "test": user}, item, dataset, config)
+    metrics = evaluate_embeddings(
+        {"valid": (valid_user, valid_item), "test": (user, item)}, dataset, config
+    )
     run.write_metrics(
         {
             "model": config.model.kind,
