@@ -146,8 +146,12 @@ def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):
             "item_quantizer": quant, "user_quantizer": quant,
         },
         features={"tabular": {"categorical": ["genres"]}},
+        split="cold-10",
         trainer={"max_epochs": 2, "num_threads": 1},
     )  # fmt: skip
+    cold = np.load(run.root / "candidates_test.npy")
+    served, _ = load_item_encoder(run).encode(run.items())
+    np.testing.assert_allclose(served[cold], run.embeddings()[1][cold], atol=1e-5)
     saved = run.metrics()
     assert saved["valid"]["ndcg@10"] == pytest.approx(saved["training"]["best_valid"], abs=1e-6)
     _, items_test = run.embeddings()

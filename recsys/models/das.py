@@ -504,5 +504,7 @@ class DualAlignedSemanticIDs(Recommender):
             "pop_dim": cfg.pop_dim,
             "semantic_weight": cfg.semantic_weight,
             "code_embeddings": cfg.code_embeddings,
+            # a node without edges ends LightGCN's layer mean as ego / (layers + 1)
+            "propagated_layers": cfg.layers if cfg.propagate_semantic else 0,
         }
         (folder / "encoder.json").write_text(json.dumps(spec, indent=2))

@@ -3,7 +3,9 @@
 A new item goes through what a cold item goes through in training: frozen extractors →
 the saved block transforms (PCA + scale) → the item tower (fusion, residual quantizer,
 per-level code embeddings) in eval mode → ``s_i``; its final representation is
-``[γ s_i ; 0]`` (no ID embedding: it has no interactions), its semantic ID the tower's
+``[γ s_i ; 0]`` (no ID embedding: it has no interactions; divided by ``layers + 1`` when
+the model propagates semantic embeddings, as LightGCN's layer mean does for a node
+without edges), its semantic ID the tower's
 codes with suffix 0 (the serving layer disambiguates it against the catalogue).
 """
 
@@ -66,6 +68,7 @@ class DASItemEncoder:
         self.tower.eval()
         self.semantic_weight = float(spec["semantic_weight"])
         self.pop_dim = int(spec["pop_dim"])
+        self.layer_mean = 1.0 / (int(spec.get("propagated_layers", 0)) + 1)
 
     def encode(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """items → ``(N, dim)`` float32 embeddings, ``(N, levels + 1)`` semantic IDs."""
@@ -79,6 +82,7 @@ class DASItemEncoder:
         }
         s, codes = self.tower(inputs)
         final = torch.cat([self.semantic_weight * s, s.new_zeros(len(s), self.pop_dim)], dim=1)
+        final = final * self.layer_mean
         sids = torch.cat([codes, codes.new_zeros(len(codes), 1)], dim=1)
         return final.numpy().astype(np.float32), sids.numpy().astype(np.int64)
 
