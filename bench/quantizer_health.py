@@ -24,6 +24,7 @@ from recsys.features.pipeline import build_item_features
 from recsys.features.presets import default_features
 from recsys.models.content import content_item_matrix
 from recsys.models.quantizer import QuantizerConfig, build_quantizer, codebook_stats
+from recsys.train.runner import feature_cache_dir
 
 
 def main() -> None:
@@ -37,8 +38,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     ds = load_dataset(DataConfig(dataset=args.dataset))
-    cache = os.path.join(os.environ.get("RECSYS_CACHE", ".cache/recsys"), "features")
-    features = build_item_features(ds.item_table, default_features(args.dataset), cache_dir=cache)
+    features = build_item_features(
+        ds.item_table, default_features(args.dataset), cache_dir=feature_cache_dir()
+    )
     x = content_item_matrix(features, {}).astype(np.float32)
     out = {"dataset": args.dataset, "items": int(x.shape[0]), "input_dim": int(x.shape[1])}
     for kind in ("rqkmeans", "rqvae"):

@@ -216,6 +216,14 @@ def _serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
+def _add_set_option(p: argparse.ArgumentParser, dest: str, help: str) -> None:
+    """A repeatable ``--set KEY=VALUE`` (dotted keys, YAML values) collected into ``dest``."""
+    p.add_argument(
+        "--set", dest=dest, action="append", default=[], metavar="KEY=VALUE",
+        help=help + " (repeatable)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -306,14 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="hnsw", choices=["flat", "ivf", "hnsw", "ivfpq"])
     p.add_argument("--factory", help="a raw FAISS factory string instead of --kind")
     p.add_argument("--name", help="file name under RUN/index/ (default: the kind)")
-    p.add_argument(
-        "--set",
-        dest="params",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an index setting (repeatable): --set nprobe=32 --set ef_search=256",
-    )
+    _add_set_option(p, "params", "an index setting: --set nprobe=32 --set ef_search=256")
     p.add_argument("--eval", action="store_true", help="recall@10 vs exact search, QPS")
     p.add_argument("--eval-users", type=int, default=5000, help="query users sampled")
     p.add_argument("--single-queries", type=int, default=1000, help="timed one at a time")
@@ -332,14 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adds-journal", help="file that persists added items, shared by workers")
     p.add_argument("--image-root", help="folder that new items' image paths must lie under")
     p.add_argument("--log-level", default="info")
-    p.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any ServeConfig setting (repeatable): --set semantic.enabled=false",
-    )
+    _add_set_option(p, "settings", "any ServeConfig setting: --set semantic.enabled=false")
     p.set_defaults(func=_serve)
     return parser
 

@@ -65,29 +65,27 @@ def tiny_table(tmp_path: Path) -> Path:
 def train_table_run(
     root: Path,
     interactions: pd.DataFrame,
-    items: pd.DataFrame,
+    items: pd.DataFrame | None,
     model: dict,
-    features: dict,
+    features: dict | None = None,
     split: str = "loo",
     **sections,
 ):
-    """Write the two tables under ``root`` and train one run of the generic ``table``
-    dataset on them (``sections``: extra top-level config sections, e.g. ``trainer``);
-    returns its RunFolder."""
+    """Write the tables under ``root`` (``items`` None: interactions only) and train one
+    run of the generic ``table`` dataset on them (``sections``: extra top-level config
+    sections, e.g. ``trainer``); returns its RunFolder."""
     from recsys.train.config import parse_run_config
     from recsys.train.runner import train_run
 
     interactions.to_csv(root / "inter.csv", index=False)
-    items.to_csv(root / "items.csv", index=False)
+    data = {"dataset": "table", "split": split, "interactions": {"path": str(root / "inter.csv")}}
+    if items is not None:
+        items.to_csv(root / "items.csv", index=False)
+        data["items"] = {"path": str(root / "items.csv")}
     config = {
         "name": model["kind"],
         "output_dir": str(root / "runs"),
-        "data": {
-            "dataset": "table",
-            "split": split,
-            "interactions": {"path": str(root / "inter.csv")},
-            "items": {"path": str(root / "items.csv")},
-        },
+        "data": data,
         "model": model,
         "features": features,
         **sections,

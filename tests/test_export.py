@@ -13,27 +13,19 @@ import torch
 from recsys.artifacts import RunFolder
 from recsys.export import topk as export_mod
 from recsys.export.topk import export_recommendations
-from recsys.train.config import parse_run_config
-from recsys.train.runner import train_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> RunFolder:
-    from conftest import synthetic_interactions
+    from conftest import synthetic_interactions, train_table_run
 
-    root = tmp_path_factory.mktemp("export")
-    table = root / "inter.csv"
-    synthetic_interactions(n_users=50, n_items=30).to_csv(table, index=False)
-    config = parse_run_config(
-        {
-            "name": "mf",
-            "output_dir": str(root / "runs"),
-            "data": {"dataset": "table", "interactions": {"path": str(table)}},
-            "model": {"kind": "mf", "dim": 8},
-            "trainer": {"max_epochs": 2, "progress_bar": False, "sampling": {"batch_size": 64}},
-        }
+    return train_table_run(
+        tmp_path_factory.mktemp("export"),
+        synthetic_interactions(n_users=50, n_items=30),
+        None,
+        model={"kind": "mf", "dim": 8},
+        trainer={"max_epochs": 2, "progress_bar": False, "sampling": {"batch_size": 64}},
     )
-    return train_run(config)
 
 
 def brute_force(run: RunFolder, users: np.ndarray, seen_labels: tuple[int, ...], k: int):

@@ -25,28 +25,20 @@ from recsys.index.faiss_index import (
 def tiny_run(tmp_path_factory) -> RunFolder:
     """A small trained MF run, trained once per test session and shared by the index,
     serving and export-resume tests (they copy it before writing into it)."""
-    from conftest import synthetic_interactions
-
-    from recsys.train.config import parse_run_config
-    from recsys.train.runner import train_run
+    from conftest import synthetic_interactions, train_table_run
 
     root = tmp_path_factory.getbasetemp() / "issue6-tiny-run"
     run = RunFolder(root / "runs" / "mf")
     if (run.root / "manifest.json").exists():
         return run
     root.mkdir(exist_ok=True)
-    table = root / "inter.csv"
-    synthetic_interactions(n_users=40, n_items=30).to_csv(table, index=False)
-    config = parse_run_config(
-        {
-            "name": "mf",
-            "output_dir": str(root / "runs"),
-            "data": {"dataset": "table", "interactions": {"path": str(table)}},
-            "model": {"kind": "mf", "dim": 8},
-            "trainer": {"max_epochs": 1, "progress_bar": False, "sampling": {"batch_size": 64}},
-        }
+    return train_table_run(
+        root,
+        synthetic_interactions(n_users=40, n_items=30),
+        None,
+        model={"kind": "mf", "dim": 8},
+        trainer={"max_epochs": 1, "progress_bar": False, "sampling": {"batch_size": 64}},
     )
-    return train_run(config)
 
 
 @pytest.fixture(scope="module")

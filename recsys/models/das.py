@@ -180,24 +180,20 @@ def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
     return out
 
 
-class _Tower(nn.Module):
-    """Frozen inputs (as buffers) → fusion → residual quantizer (→ + code embeddings)."""
+class SemanticTower(nn.Module):
+    """Fusion → residual quantizer (→ + code embeddings): an entity's semantic side, from
+    its frozen input blocks. Shared by training (``_Tower``) and serving (the DAS item
+    encoder), so both compute ``s`` the same way."""
 
     def __init__(
         self,
-        blocks,
+        dims: dict[str, int],
         fusion: FusionConfig,
         quantizer: QuantizerConfig,
         out_dim: int,
         code_embeddings: bool = False,
     ):
         super().__init__()
-        self.names = list(blocks)
-        for i, name in enumerate(self.names):
-            x, present = blocks[name]
-            self.register_buffer(f"x{i}", torch.as_tensor(x))
-            self.register_buffer(f"p{i}", torch.as_tensor(present))
-        dims = {name: int(blocks[name][0].shape[1]) for name in self.names}
         self.fusion = ModalityFusion(dims, fusion.model_copy(update={"output_dim": out_dim}))
         self.quantizer = ResidualQuantizer.from_config(quantizer, out_dim)
         self.code_emb = None
@@ -207,6 +203,36 @@ class _Tower(nn.Module):
             )
             for emb in self.code_emb:
                 nn.init.zeros_(emb.weight)
+
+    def embed(self, inputs: dict[str, tuple[Tensor, Tensor]]):
+        """inputs ``{block: ((B, D_b), present (B,))}`` → QuantizerOutput; its
+        ``quantized`` ``(B, d)`` is the straight-through codeword sum, plus
+        Σ_l code_emb_l[c_l] when enabled."""
+        out = self.quantizer(self.fusion(inputs))
+        if self.code_emb is not None:
+            extra = sum(emb(out.codes[:, level]) for level, emb in enumerate(self.code_emb))
+            out = dataclasses.replace(out, quantized=out.quantized + extra)
+        return out
+
+
+class _Tower(SemanticTower):
+    """A :class:`SemanticTower` that holds its frozen inputs (as buffers)."""
+
+    def __init__(
+        self,
+        blocks,
+        fusion: FusionConfig,
+        quantizer: QuantizerConfig,
+        out_dim: int,
+        code_embeddings: bool = False,
+    ):
+        dims = {name: int(x.shape[1]) for name, (x, _) in blocks.items()}
+        super().__init__(dims, fusion, quantizer, out_dim, code_embeddings)
+        self.names = list(blocks)
+        for i, name in enumerate(self.names):
+            x, present = blocks[name]
+            self.register_buffer(f"x{i}", torch.as_tensor(x))
+            self.register_buffer(f"p{i}", torch.as_tensor(present))
         # k-means initialisation on every row (not just a first batch), so that the codes
         # are defined from the start, including for evaluation before any training step.
         with torch.no_grad():
@@ -222,13 +248,8 @@ class _Tower(nn.Module):
         return out
 
     def forward(self, rows: Tensor | None = None):
-        """rows ``(B,)`` (None: all) → QuantizerOutput; its ``quantized`` ``(B, d)`` is the
-        straight-through codeword sum, plus Σ_l code_emb_l[c_l] when enabled."""
-        out = self.quantizer(self.fusion(self.inputs(rows)))
-        if self.code_emb is not None:
-            extra = sum(emb(out.codes[:, level]) for level, emb in enumerate(self.code_emb))
-            out = dataclasses.replace(out, quantized=out.quantized + extra)
-        return out
+        """rows ``(B,)`` (None: all) → :meth:`SemanticTower.embed` of their inputs."""
+        return self.embed(self.inputs(rows))
 
     @torch.no_grad()
     def codes(self) -> Tensor:

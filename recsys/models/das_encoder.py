@@ -17,38 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from recsys.models.content_encoder import ContentVectors
-from recsys.models.das import BlockTransform
-from recsys.models.fusion import FusionConfig, ModalityFusion
-from recsys.models.quantizer import QuantizerConfig, ResidualQuantizer
+from recsys.models.das import BlockTransform, SemanticTower
+from recsys.models.fusion import FusionConfig
+from recsys.models.quantizer import QuantizerConfig
 from recsys.serve.content import register_item_encoder
-
-
-class _ItemTower(nn.Module):
-    """Fusion → quantizer (→ + code embeddings): the trained tower without its inputs."""
-
-    def __init__(self, dims: dict[str, int], spec: dict) -> None:
-        super().__init__()
-        d = int(spec["interest_dim"])
-        fusion = FusionConfig.model_validate(spec["fusion"]).model_copy(update={"output_dim": d})
-        quantizer = QuantizerConfig.model_validate(spec["quantizer"])
-        self.fusion = ModalityFusion(dims, fusion)
-        self.quantizer = ResidualQuantizer.from_config(quantizer, d)
-        self.code_emb = None
-        if spec["code_embeddings"]:
-            self.code_emb = nn.ModuleList(
-                nn.Embedding(quantizer.codebook_size, d) for _ in range(quantizer.levels)
-            )
-
-    @torch.no_grad()
-    def forward(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.quantizer(self.fusion(inputs))
-        s = out.quantized
-        if self.code_emb is not None:
-            s = s + sum(emb(out.codes[:, level]) for level, emb in enumerate(self.code_emb))
-        return s, out.codes
 
 
 class DASItemEncoder:
@@ -62,7 +36,13 @@ class DASItemEncoder:
             mean = arrays[f"mean_{name}"] if f"mean_{name}" in arrays else None
             comps = arrays[f"components_{name}"] if f"components_{name}" in arrays else None
             self.transforms[name] = BlockTransform(float(arrays[f"scale_{name}"][0]), mean, comps)
-        self.tower = _ItemTower({k: int(v) for k, v in spec["block_dims"].items()}, spec)
+        self.tower = SemanticTower(
+            {k: int(v) for k, v in spec["block_dims"].items()},
+            FusionConfig.model_validate(spec["fusion"]),
+            QuantizerConfig.model_validate(spec["quantizer"]),
+            int(spec["interest_dim"]),
+            bool(spec["code_embeddings"]),
+        )
         state = torch.load(folder / "item_tower.pt", map_location="cpu", weights_only=True)
         self.tower.load_state_dict(state, strict=True)
         self.tower.eval()
@@ -80,7 +60,9 @@ class DASItemEncoder:
             )
             for name in self.blocks
         }
-        s, codes = self.tower(inputs)
+        with torch.no_grad():
+            out = self.tower.embed(inputs)
+        s, codes = out.quantized, out.codes
         final = torch.cat([self.semantic_weight * s, s.new_zeros(len(s), self.pop_dim)], dim=1)
         final = final * self.layer_mean
         sids = torch.cat([codes, codes.new_zeros(len(codes), 1)], dim=1)
