@@ -4,9 +4,12 @@ edges), and the added item gets a unique semantic ID."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from recsys.artifacts import RunFolder
@@ -82,8 +85,22 @@ def test_added_item_gets_a_unique_semantic_id_sharing_its_twins_codes(run):
     assert similar.status_code == 200 and len(similar.json()["items"]) == 3
 
 
-@pytest.fixture(scope="module")
-def das_run(tmp_path_factory) -> RunFolder:
+FROZEN_PROPAGATED = {"freeze_sids_epoch": 0, "propagate_semantic": True, "code_embeddings": True}
+
+
+GRAD_QUANT = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "codebook_update": "grad"}
+CONTENT_CONCAT = {
+    "semantic_input": "content", "semantic_combination": "concat", "freeze_sids_epoch": 0,
+    "item_quantizer": GRAD_QUANT, "user_quantizer": GRAD_QUANT,
+}  # fmt: skip
+
+
+@pytest.fixture(
+    scope="module",
+    params=[{}, FROZEN_PROPAGATED, CONTENT_CONCAT, {**CONTENT_CONCAT, "content_dim": 3}],
+    ids=["joint", "frozen", "content-concat", "content-pca"],
+)
+def das_run(tmp_path_factory, request) -> RunFolder:
     from conftest import synthetic_interactions, train_table_run
 
     items = pd.DataFrame(
@@ -101,11 +118,11 @@ def das_run(tmp_path_factory) -> RunFolder:
         model={
                 "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6,
                 "item_fusion": {"hidden_dim": 8}, "user_fusion": {"hidden_dim": 8},
-                "item_quantizer": quant, "user_quantizer": quant,
+                "item_quantizer": quant, "user_quantizer": quant, **request.param,
         },
         features={"tabular": {"categorical": ["genres"], "numeric": ["length"]}},
         split="cold-10",
-        trainer={"max_epochs": 2, "num_threads": 1},
+        trainer={"max_epochs": 3, "num_threads": 1},
     )  # fmt: skip
 
 
@@ -118,7 +135,14 @@ def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
     assert len(cold) > 0
     np.testing.assert_allclose(vectors[cold], trained[cold], atol=1e-5)
     assert np.abs(vectors[cold]).sum() > 0
-    assert np.abs(vectors[:, -4:]).sum() == 0  # no conformity factor without interactions
+    spec = json.loads((das_run.root / "item_encoder" / "encoder.json").read_text())
+    if spec["semantic_combination"] == "add":
+        assert np.abs(vectors[:, -4:]).sum() == 0  # no conformity factor without interactions
+    else:
+        # the codewords learned after the freeze; IDs are still assigned as at the freeze
+        state = torch.load(das_run.root / "item_encoder" / "item_tower.pt", weights_only=True)
+        assert bool(state["frozen"])
+        assert not torch.equal(state["quantizer.codebooks"], state["frozen_books"])
 
 
 def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):
@@ -161,3 +185,82 @@ def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):
         assert evaluate_run(run, split)["ndcg@10"] == pytest.approx(
             saved[split]["ndcg@10"], abs=1e-6
         )
+
+
+def test_das_resume_across_the_freeze_equals_uninterrupted(tmp_path, monkeypatch):
+    """A crash after the IDs were frozen: the resumed run restores them from the
+    checkpoint (not by refreezing a tower that moved on) and ends where an uninterrupted
+    run ends."""
+    from conftest import synthetic_interactions, train_table_run
+
+    from recsys.train.module import RecommenderModule
+
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N_ITEMS)],
+            "genres": [GENRES[i % 4] for i in range(N_ITEMS)],
+        }
+    )
+    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0}
+    kwargs = dict(
+        interactions=synthetic_interactions(n_users=60, n_items=N_ITEMS),
+        items=items,
+        model={
+            "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6, **FROZEN_PROPAGATED,
+            "freeze_sids_epoch": 1, "item_fusion": {"hidden_dim": 8},
+            "user_fusion": {"hidden_dim": 8}, "item_quantizer": quant, "user_quantizer": quant,
+        },
+        features={"tabular": {"categorical": ["genres"]}},
+        trainer={"max_epochs": 4, "patience": 10, "num_threads": 1, "lr": 0.01},
+    )  # fmt: skip
+    (tmp_path / "ref").mkdir(), (tmp_path / "crashy").mkdir()
+    reference = train_table_run(tmp_path / "ref", **kwargs)
+    original = RecommenderModule.on_train_epoch_end
+
+    def crash(self):
+        if self.current_epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", crash)
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
+        train_table_run(tmp_path / "crashy", **kwargs)
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", original)
+    resumed = train_table_run(tmp_path / "crashy", **kwargs)
+    assert resumed.metrics()["training"]["resumed"] is True
+    for key, value in reference.metrics()["test"].items():
+        assert resumed.metrics()["test"][key] == pytest.approx(value, abs=1e-6), key
+    ref_sids = pd.read_parquet(reference.root / "semantic_ids" / "items.parquet")
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(resumed.root / "semantic_ids" / "items.parquet"), ref_sids
+    )
+
+
+def test_two_stage_downstream_on_another_runs_semantic_ids(das_run, tmp_path):
+    """semantic_ids_from: the two-stage model trains on a DAS run's item IDs (matched by
+    item id) instead of fitting its own quantizer; a mismatched config is refused."""
+    from conftest import synthetic_interactions, train_table_run
+
+    from recsys.errors import ConfigError
+
+    model = {
+        "kind": "two_stage", "dim": 8, "semantic_ids_from": str(das_run.root),
+        "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
+    }  # fmt: skip
+    kwargs = dict(
+        interactions=synthetic_interactions(n_users=60, n_items=N_ITEMS),
+        items=das_run.items(),
+        features={"tabular": {"categorical": ["genres"], "numeric": ["length"]}},
+        split="cold-10",
+        trainer={"max_epochs": 1, "num_threads": 1},
+    )
+    run = train_table_run(tmp_path, model=model, **kwargs)
+    source = das_run.semantic_ids("items").set_index("item_id")
+    borrowed = run.semantic_ids("items").set_index("item_id").loc[source.index]
+    pd.testing.assert_frame_equal(borrowed[["c0", "c1"]], source[["c0", "c1"]])
+    assert not (run.root / "item_encoder").exists()
+    bad = {**model, "quantizer": {"kind": "rqkmeans", "levels": 3, "codebook_size": 4}}
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ConfigError, match="levels=3"):
+        train_table_run(tmp_path / "bad", model=bad, **kwargs)
+    assert not (tmp_path / "bad" / "runs").exists()  # refused before writing anything

@@ -197,3 +197,119 @@ def test_das_code_churn_metric():
     after = model.item_tower.codes()
     expected = float((before != after).any(dim=1).float().mean())
     assert model.epoch_metrics()["sid_changed_frac"] == pytest.approx(expected)
+
+
+def test_das_frozen_ids_stop_moving_and_survive_reload(tmp_path):
+    graph, _ = synthetic_content_graph()
+    config = small_das(propagate_semantic=True, code_embeddings=True, freeze_sids_epoch=1)
+    model = build_model(config, graph)
+    model.on_train_epoch_start(0)
+    assert not bool(model.item_tower.frozen)
+    _train(model, graph, steps=10, lr=0.05)
+    model.on_train_epoch_start(1)
+    assert bool(model.item_tower.frozen) and bool(model.user_tower.frozen)
+    codes, user_codes = model.item_tower.codes(), model.user_tower.codes()
+    model.epoch_metrics()
+    fusion = [p.detach().clone() for p in model.item_tower.fusion.parameters()]
+    books = model.item_tower.quantizer.codebooks.detach().clone()
+    tables = [e.weight.detach().clone() for e in model.item_tower.code_emb]
+    history = _train(model, graph, steps=20, lr=0.05)
+    assert torch.equal(model.item_tower.codes(), codes)
+    assert torch.equal(model.user_tower.codes(), user_codes)
+    assert model.epoch_metrics()["sid_changed_frac"] == 0.0
+    assert (history["quant_loss"] == 0).all()
+    for before, after in zip(fusion, model.item_tower.fusion.parameters(), strict=True):
+        assert torch.equal(before, after)  # the tower no longer trains ...
+    assert torch.equal(books, model.item_tower.quantizer.codebooks)
+    # ... while the embeddings indexed by the frozen IDs do
+    pairs = zip(tables, model.item_tower.code_emb, strict=True)
+    assert any(not torch.equal(t, e.weight) for t, e in pairs)
+    # the representation is the frozen codes' codeword sum plus their code embeddings
+    expected = model.item_tower.quantizer.decode(codes) + sum(
+        e(codes[:, level]) for level, e in enumerate(model.item_tower.code_emb)
+    )
+    torch.testing.assert_close(model.item_tower(None).quantized, expected)
+    # a later epoch start does not refreeze (the codes would be the same anyway)
+    model.on_train_epoch_start(2)
+    assert torch.equal(model.item_tower.codes(), codes)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    clone = build_model(config, graph)
+    clone.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    assert bool(clone.item_tower.frozen)
+    np.testing.assert_array_equal(
+        clone.semantic_ids()["items"][0], model.semantic_ids()["items"][0]
+    )
+    model.eval(), clone.eval()
+    for a, b in zip(model.embeddings(), clone.embeddings(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_das_refit_at_freeze_uses_every_code():
+    graph, _ = synthetic_content_graph()
+    config = small_das(freeze_sids_epoch=0, refit_at_freeze=True, code_embeddings=True)
+    model = build_model(config, graph)
+    _train(model, graph, steps=10, lr=0.05)
+    with torch.no_grad():
+        for emb in model.item_tower.code_emb:
+            emb.weight.fill_(1.0)
+    model.on_train_epoch_start(0)
+    codes = model.item_tower.codes()
+    # 30 items, 4 codes per level: residual k-means leaves no code of a level empty
+    for level in range(codes.shape[1]):
+        assert set(codes[:, level].tolist()) == {0, 1, 2, 3}
+    # the frozen codes are the re-fitted quantizer's nearest codes, and the code
+    # embeddings restart from zero (they were indexed by the codes they replace)
+    model.item_tower.eval()
+    z = model.item_tower.fusion(model.item_tower.inputs(None))
+    assert torch.equal(model.item_tower.quantizer.encode(z), codes)
+    assert all(float(e.weight.detach().abs().sum()) == 0 for e in model.item_tower.code_emb)
+
+
+CONTENT_CONCAT = {
+    "semantic_input": "content", "semantic_combination": "concat", "freeze_sids_epoch": 0,
+    "item_quantizer": {"levels": 2, "codebook_size": 4, "dead_code_steps": 0,
+                       "codebook_update": "grad"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("user_semantic", ["sid", "history"])
+def test_das_content_concat_scores_collaborative_plus_semantic(user_semantic):
+    graph, _ = synthetic_content_graph()
+    model = build_model(small_das(**CONTENT_CONCAT, user_semantic=user_semantic), graph)
+    model.on_train_epoch_start(0)
+    history = _train(model, graph, steps=40)
+    first, last = history.iloc[:10].mean(), history.iloc[-10:].mean()
+    for term in ["loss", "rec_loss", "align_dual_loss", "align_self_loss"]:
+        assert last[term] < first[term], (term, first[term], last[term])
+    model.eval()
+    with torch.no_grad():
+        users, items = model.embeddings()
+    content_dim = model.item_tower.quantizer.dim
+    assert users.shape[1] == items.shape[1] == 16 + content_dim
+    # the semantic half of an item is its semantic ID's codeword sum in content space
+    codes = model.item_tower.codes()
+    torch.testing.assert_close(items[:, 16:], model.item_tower.quantizer.decode(codes))
+    if user_semantic == "history":
+        # a user's: the recency-weighted (0.9^k) mean of their history items' halves
+        u = int(graph.train_users[0])
+        mine = graph.train_items[graph.train_users == u]  # chronological
+        w = 0.9 ** np.arange(len(mine))[::-1]
+        expected = (w[:, None] * items[mine, 16:].numpy()).sum(0) / w.sum()
+        np.testing.assert_allclose(users[u, 16:].numpy(), expected, rtol=1e-4, atol=1e-6)
+        # the valid item joins the history when test is scored
+        extra = np.array([u]), np.array([29])
+        assert model.use_history(
+            np.concatenate([graph.train_users, extra[0]]),
+            np.concatenate([graph.train_items, extra[1]]),
+        )
+        with torch.no_grad():
+            moved, _ = model.embeddings()
+        w2 = np.concatenate([w * 0.9, [1.0]])
+        rows = np.concatenate([mine, [29]])
+        expected = (w2[:, None] * items[rows, 16:].numpy()).sum(0) / w2.sum()
+        np.testing.assert_allclose(moved[u, 16:].numpy(), expected, rtol=1e-4, atol=1e-6)
+    # a cold item's collaborative half is its code embeddings only: ID weights unused
+    before = model.embeddings()[1][27:30]
+    with torch.no_grad():
+        model.item.weight[27:30] += 100.0
+    assert torch.equal(model.embeddings()[1][27:30], before)

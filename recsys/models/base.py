@@ -45,6 +45,7 @@ class TrainingGraph:
     features_config: Any = None  # the FeaturesConfig that built item_features
     user_features: Any = None  # (matrix (n_users, D), present (n_users,)) side information
     test_item_counts: np.ndarray | None = None  # only for the leaky oracle reference
+    item_codes: np.ndarray | None = None  # (n_items, L) semantic IDs taken from another run
 
     def recency_rank(self) -> np.ndarray:
         """``(E,)``: 0 for each user's most recent training pair, 1 for the one before..."""
@@ -83,6 +84,10 @@ class Recommender(nn.Module):
         train + valid before scoring test, as the protocol treats valid as known history
         then.  Returns True when the user representations changed."""
         return False
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called before each training epoch (0-based), e.g. to switch a training phase;
+        whatever it changes must live in the state dict so that resuming restores it."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Scalars logged at the end of each training epoch (e.g. codebook health)."""

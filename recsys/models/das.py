@@ -22,10 +22,19 @@ Losses (each with a weight; 0 switches it off):
   interest factors are aligned;
 * ``reg``: L2 on the batch's ego embeddings.
 
-Final representations: user ``[e_u^int + γ s_u ; e_u^pop]``, item
-``[w_i e_i^int + γ s_i ; w_i e_i^pop]`` with ``w_i = 0`` for an item without training
-interactions: a cold item is scored from its semantic ID alone, never from an ID
-embedding.
+Final representations (``semantic_combination: add``): user ``[e_u^int + γ s_u ; e_u^pop]``,
+item ``[w_i e_i^int + γ s_i ; w_i e_i^pop]`` with ``w_i = 0`` for an item without
+training interactions: a cold item is scored from its semantic ID alone, never from an ID
+embedding. ``concat``: user ``[c_u ; γ s_u]``, item ``[c_i ; s_i]``, where ``c`` is
+LightGCN over (free user embeddings, ``w_i`` ID embedding + the item's per-level code and
+suffix embeddings) — the score is collaborative plus γ times semantic.
+
+Variants: ``semantic_input: content`` quantizes the content vectors themselves (identity
+towers: the codeword sums live in content space and, with ``codebook_update: grad``, are
+trained by the recommendation loss); ``user_semantic: history`` scores a user by the
+recency-weighted mean of their history's item semantic vectors; ``freeze_sids_epoch``
+fixes the semantic IDs from that epoch on (the towers stop training; codes are assigned
+with the codebooks of that moment), optionally after a balanced k-means refit.
 """
 
 from __future__ import annotations
@@ -43,9 +52,16 @@ from torch import Tensor, nn
 
 from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
+from recsys.models.content import content_item_matrix
 from recsys.models.fusion import FusionConfig, ModalityFusion
 from recsys.models.losses import bpr_loss, info_nce, l2_penalty, orthogonality_loss
-from recsys.models.quantizer import QuantizerConfig, ResidualQuantizer, codebook_stats
+from recsys.models.quantizer import (
+    QuantizerConfig,
+    ResidualQuantizer,
+    assign_semantic_ids,
+    codebook_stats,
+)
+from recsys.models.quantizer.core import QuantizerOutput, pairwise_sq_dists
 from recsys.models.semantic import GraphPropagation, semantic_id_table, warm_mask
 
 
@@ -89,6 +105,56 @@ class DASConfig(StrictModel):
         " representation; 0: items are scored from their semantic IDs alone and the ID"
         " embeddings only teach the alignment losses",
     )
+    freeze_sids_epoch: int | None = Field(
+        default=None,
+        ge=0,
+        description="epoch from which the semantic IDs (items and users) are frozen: until"
+        " then quantization and alignment are learned jointly (one stage); from then on"
+        " the towers stop moving and the embeddings indexed by the IDs (code embeddings,"
+        " user/item ID embeddings) keep training on stable IDs. None: never frozen",
+    )
+    refit_at_freeze: bool = Field(
+        default=False,
+        description="at the freeze, re-fit each quantizer by residual k-means (balanced"
+        " last level, as RQ-KMeans) on its tower's outputs, so that the frozen IDs use"
+        " every code",
+    )
+    semantic_input: Literal["blocks", "content"] = Field(
+        default="blocks",
+        description="blocks: each frozen feature block PCA-reduced to input_dim, fused by"
+        " an MLP, then quantized; content: the content vectors themselves (normalised"
+        " modality blocks, as the content and two-stage models use them) are quantized,"
+        " so the semantic embeddings are codeword sums in content space and a user's is"
+        " the quantized recency-weighted mean content of their history (needs"
+        " semantic_combination: concat; item codebooks trained by gradient when the"
+        " quantizer's codebook_update is grad)",
+    )
+    semantic_combination: Literal["add", "concat"] = Field(
+        default="add",
+        description="add: the semantic embedding is added to the collaborative interest"
+        " factor; concat: final vectors are [collaborative ; γ·semantic] for users and"
+        " [collaborative ; semantic] for items, so the score is the collaborative dot"
+        " product plus γ times the semantic one, and the collaborative item embedding"
+        " is the LightGCN propagation of (ID embedding if warm, weighted by"
+        " item_id_weight) + per-level code embeddings of the item's semantic ID",
+    )
+    user_semantic: Literal["sid", "history"] = Field(
+        default="sid",
+        description="concat mode, the user's semantic vector in the score: sid, the user"
+        " tower's semantic-ID embedding; history, the recency-weighted mean of the"
+        " semantic-ID embeddings of the items in the user's history (refreshed with the"
+        " valid items when scoring test). The user tower still gives users their"
+        " semantic IDs and is aligned either way",
+    )
+    content_dim: int | None = Field(
+        default=None,
+        ge=1,
+        description="semantic_input content: PCA the content vectors to this many"
+        " dimensions first (keeps wide content, e.g. 1,021-d on Beauty, cheap to score)",
+    )
+    modality_weights: dict[str, float] = Field(
+        default_factory=dict, description="semantic_input content: weight of each block"
+    )
     history_decay: float = Field(
         default=0.9, gt=0, le=1, description="recency weight of the user's history content"
     )
@@ -106,6 +172,13 @@ class DASConfig(StrictModel):
     def _check(self) -> DASConfig:
         if not 0 <= self.pop_dim < self.dim:
             raise ValueError("pop_dim must be in [0, dim)")
+        if self.semantic_input == "content" and self.semantic_combination != "concat":
+            raise ValueError("semantic_input: content needs semantic_combination: concat")
+        if self.semantic_combination == "concat" and self.propagate_semantic:
+            raise ValueError(
+                "semantic_combination: concat propagates the code embeddings"
+                " already; propagate_semantic must be false"
+            )
         return self
 
     @property
@@ -180,21 +253,57 @@ def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
     return out
 
 
+def history_pooling(graph: TrainingGraph, decay: float) -> Tensor:
+    """Sparse ``(U, I)``: row u holds the recency weights ``decay^k`` (k-th most recent
+    training item) of u's items, normalised to sum to 1 (empty for users without any)."""
+    weights = decay ** graph.recency_rank().astype(np.float64)
+    mass = np.bincount(graph.train_users, weights=weights, minlength=graph.n_users)
+    values = weights / mass[graph.train_users]
+    index = np.stack([graph.train_users, graph.train_items])
+    matrix = torch.sparse_coo_tensor(
+        torch.as_tensor(index), torch.as_tensor(values, dtype=torch.float32),
+        (graph.n_users, graph.n_items),
+    )  # fmt: skip
+    return matrix.coalesce()
+
+
+class BlockConcat(nn.Module):
+    """The identity "fusion": input blocks side by side, absent rows as zeros."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def forward(self, inputs: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        parts = [inputs[n][0].float() * inputs[n][1].to(torch.float32)[:, None] for n in self.names]
+        return torch.cat(parts, dim=1)
+
+
 class SemanticTower(nn.Module):
     """Fusion → residual quantizer (→ + code embeddings): an entity's semantic side, from
     its frozen input blocks. Shared by training (``_Tower``) and serving (the DAS item
-    encoder), so both compute ``s`` the same way."""
+    encoder), so both compute ``s`` the same way.
+
+    Once frozen (:meth:`_Tower.freeze`), codes are assigned with the codebooks as they
+    were at the freeze (``frozen_books``), whatever the codebooks learn afterwards, and
+    nothing upstream of the codes trains any more."""
 
     def __init__(
         self,
         dims: dict[str, int],
-        fusion: FusionConfig,
+        fusion: FusionConfig | None,
         quantizer: QuantizerConfig,
         out_dim: int,
         code_embeddings: bool = False,
     ):
         super().__init__()
-        self.fusion = ModalityFusion(dims, fusion.model_copy(update={"output_dim": out_dim}))
+        self.identity = fusion is None
+        if self.identity:  # quantize the input blocks themselves (content space)
+            if out_dim != sum(dims.values()):
+                raise ValueError(f"identity tower: out_dim {out_dim} != input dims {dims}")
+            self.fusion = BlockConcat(list(dims))
+        else:
+            self.fusion = ModalityFusion(dims, fusion.model_copy(update={"output_dim": out_dim}))
         self.quantizer = ResidualQuantizer.from_config(quantizer, out_dim)
         self.code_emb = None
         if code_embeddings:  # learned per-level tables indexed by the (current) codes
@@ -203,16 +312,48 @@ class SemanticTower(nn.Module):
             )
             for emb in self.code_emb:
                 nn.init.zeros_(emb.weight)
+        self.register_buffer("frozen", torch.tensor(False))
+        self.register_buffer("frozen_books", torch.zeros_like(self.quantizer.codebooks.data))
 
     def embed(self, inputs: dict[str, tuple[Tensor, Tensor]]):
         """inputs ``{block: ((B, D_b), present (B,))}`` → QuantizerOutput; its
-        ``quantized`` ``(B, d)`` is the straight-through codeword sum, plus
-        Σ_l code_emb_l[c_l] when enabled."""
+        ``quantized`` ``(B, d)`` is the straight-through codeword sum (an identity tower,
+        which has nothing upstream to train: the codeword sum itself, differentiable
+        with respect to "grad" codebooks), plus Σ_l code_emb_l[c_l] when enabled."""
+        if bool(self.frozen):
+            with torch.no_grad():
+                return self.from_codes(self.assign(self.fusion(inputs)))
         out = self.quantizer(self.fusion(inputs))
+        if self.identity:
+            out = dataclasses.replace(out, quantized=out.codewords)
         if self.code_emb is not None:
             extra = sum(emb(out.codes[:, level]) for level, emb in enumerate(self.code_emb))
             out = dataclasses.replace(out, quantized=out.quantized + extra)
         return out
+
+    @torch.no_grad()
+    def assign(self, z: Tensor) -> Tensor:
+        """``(B, d)`` → codes ``(B, L)``: nearest codes, with the frozen codebooks once
+        frozen."""
+        if not bool(self.frozen):
+            return self.quantizer.encode(z)
+        codes, residual = [], z
+        for book in self.frozen_books:
+            c = pairwise_sq_dists(residual, book).argmin(1)
+            codes.append(c)
+            residual = residual - book[c]
+        return torch.stack(codes, 1)
+
+    def from_codes(self, codes: Tensor) -> QuantizerOutput:
+        """A frozen tower's output for given codes: codeword sum (trains "grad"
+        codebooks, if any) + code embeddings; no quantizer loss."""
+        quantized = self.quantizer.decode(codes)
+        if self.code_emb is not None:
+            quantized = quantized + sum(
+                emb(codes[:, level]) for level, emb in enumerate(self.code_emb)
+            )
+        zero = quantized.new_zeros(())
+        return QuantizerOutput(quantized, codes, zero, zero, zero, quantized.new_zeros(0))
 
 
 class _Tower(SemanticTower):
@@ -221,7 +362,7 @@ class _Tower(SemanticTower):
     def __init__(
         self,
         blocks,
-        fusion: FusionConfig,
+        fusion: FusionConfig | None,
         quantizer: QuantizerConfig,
         out_dim: int,
         code_embeddings: bool = False,
@@ -239,6 +380,9 @@ class _Tower(SemanticTower):
             self.fusion.eval()
             self.quantizer.init_codebooks(self.fusion(self.inputs(None)))
             self.fusion.train()
+        # Set by freeze(); a buffer, so that a checkpoint restores the frozen IDs exactly.
+        n = len(blocks[self.names[0]][0])
+        self.register_buffer("frozen_codes", torch.zeros(n, quantizer.levels, dtype=torch.long))
 
     def inputs(self, rows: Tensor | None) -> dict[str, tuple[Tensor, Tensor]]:
         out = {}
@@ -248,16 +392,58 @@ class _Tower(SemanticTower):
         return out
 
     def forward(self, rows: Tensor | None = None):
-        """rows ``(B,)`` (None: all) → :meth:`SemanticTower.embed` of their inputs."""
-        return self.embed(self.inputs(rows))
+        """rows ``(B,)`` (None: all) → :meth:`SemanticTower.embed` of their inputs (once
+        frozen: of their stored codes, which is the same and cheaper)."""
+        if not bool(self.frozen):
+            return self.embed(self.inputs(rows))
+        return self.from_codes(self.frozen_codes if rows is None else self.frozen_codes[rows])
+
+    @torch.no_grad()
+    def _all_codes(self) -> Tensor:
+        was = self.training
+        self.eval()
+        codes = self.assign(self.fusion(self.inputs(None)))
+        self.train(was)
+        return codes
+
+    @torch.no_grad()
+    def set_inputs(self, blocks) -> None:
+        """Replace some input blocks ``{name: (x, present)}`` (a user's history at test
+        time); frozen codes follow them, assigned by the frozen tower."""
+        for i, name in enumerate(self.names):
+            if name in blocks:
+                x, present = blocks[name]
+                self.register_buffer(f"x{i}", torch.as_tensor(x))
+                self.register_buffer(f"p{i}", torch.as_tensor(present))
+        if bool(self.frozen):
+            self.frozen_codes.copy_(self._all_codes())
 
     @torch.no_grad()
     def codes(self) -> Tensor:
-        was = self.training
-        self.eval()
-        codes = self.quantizer.encode(self.fusion(self.inputs(None)))
-        self.train(was)
-        return codes
+        return self.frozen_codes.clone() if bool(self.frozen) else self._all_codes()
+
+    @torch.no_grad()
+    def freeze(self, refit: bool = False) -> None:
+        """Fix the semantic IDs for good: from now on codes are assigned with the
+        codebooks as they are now, and the fusion no longer trains.
+
+        ``refit``: first re-fit the codebooks by residual k-means on the tower's current
+        outputs over every row (balanced last level, as RQ-KMeans), so that the frozen
+        IDs use every code the data allows; the code embeddings, indexed by the codes
+        they replace, restart from zero."""
+        if refit:
+            was = self.training
+            self.eval()
+            z = self.fusion(self.inputs(None))
+            self.train(was)
+            self.quantizer.init_codebooks(z)
+            self.quantizer.balance_last_level(z, self.quantizer.kmeans_iters)
+            if self.code_emb is not None:
+                for emb in self.code_emb:
+                    emb.weight.zero_()
+        self.frozen_books.copy_(self.quantizer.codebooks)
+        self.frozen.fill_(True)
+        self.frozen_codes.copy_(self._all_codes())
 
 
 def _csr(src: np.ndarray, dst: np.ndarray, n_src: int) -> tuple[Tensor, Tensor]:
@@ -284,30 +470,78 @@ class DualAlignedSemanticIDs(Recommender):
         self.config = config
         self.n_users, self.n_items = graph.n_users, graph.n_items
         d_int = config.interest_dim
-        self._item_transforms = fit_block_transforms(
-            dict(graph.item_features), config.input_dim, seed=0
-        )
-        item_blocks = {
-            name: (self._item_transforms[name](matrix, present), np.asarray(present, bool))
-            for name, (matrix, present) in graph.item_features.items()
-        }
+        self.concat = config.semantic_combination == "concat"
+        content_space = config.semantic_input == "content"
+        self._item_transforms: dict[str, BlockTransform] = {}
+        if content_space:
+            content = content_item_matrix(graph.item_features, config.modality_weights)
+            present = np.ones(len(content), dtype=bool)
+            if config.content_dim is not None and content.shape[1] > config.content_dim:
+                from sklearn.decomposition import PCA
+
+                pca = PCA(n_components=config.content_dim, random_state=0).fit(content)
+                transform = BlockTransform(1.0, pca.mean_.astype(np.float32), pca.components_)
+                self._item_transforms["content"] = transform
+                content = transform(content, present)
+            item_blocks = {"content": (content.astype(np.float32), present)}
+        else:
+            self._item_transforms = fit_block_transforms(
+                dict(graph.item_features), config.input_dim, seed=0
+            )
+            item_blocks = {
+                name: (self._item_transforms[name](matrix, present), np.asarray(present, bool))
+                for name, (matrix, present) in graph.item_features.items()
+            }
         self._item_blocks = item_blocks  # frozen inputs, kept to rebuild user histories
         self.features, self.features_config = graph.item_features, graph.features_config
+        # The semantic side's width: the content's own in content space.
+        sem_dim = item_blocks["content"][0].shape[1] if content_space else d_int
+        tower_codes = config.code_embeddings and not self.concat
         self.item_tower = _Tower(
-            item_blocks, config.item_fusion, config.item_quantizer, d_int, config.code_embeddings
+            item_blocks,
+            None if content_space else config.item_fusion,
+            config.item_quantizer,
+            sem_dim,
+            tower_codes,
         )
         self.user_tower = None
         if config.dual:
             user_blocks = history_means(item_blocks, graph, config.history_decay)
-            if graph.user_features is not None:
+            if graph.user_features is not None and not content_space:
                 user_blocks.update(pca_blocks({"side": graph.user_features}, config.input_dim, 0))
             self.user_tower = _Tower(
                 user_blocks,
-                config.user_fusion,
+                None if content_space else config.user_fusion,
                 config.user_quantizer,
-                d_int,
-                config.code_embeddings,
+                sem_dim,
+                tower_codes,
             )
+        self.pool_history = self.concat and config.user_semantic == "history"
+        if self.pool_history:
+            pooling = history_pooling(graph, config.history_decay)
+            self.register_buffer("history_pool", pooling, persistent=False)
+        # concat: the collaborative item embedding holds the semantic ID's code embeddings
+        self.item_code_emb = None
+        if self.concat and config.code_embeddings:
+            self.item_code_emb = nn.ModuleList(
+                nn.Embedding(config.item_quantizer.codebook_size, config.dim)
+                for _ in range(config.item_quantizer.levels)
+            )
+            for emb in self.item_code_emb:
+                nn.init.xavier_uniform_(emb.weight)
+            # TIGER's disambiguating suffix, as the two-stage model embeds it (zeros first:
+            # colliding items start shared), for warm items only: a cold item's suffix
+            # says nothing learnable about it
+            self.item_suffix_emb = nn.Embedding(graph.n_items, config.dim)
+            nn.init.zeros_(self.item_suffix_emb.weight)
+            self.register_buffer("warm_items", warm_mask(graph))
+        # InfoNCE compares semantic and collaborative interest vectors: project when the
+        # semantic side lives in another space.
+        self.align_item: nn.Module = nn.Identity()
+        self.align_user: nn.Module = nn.Identity()
+        if sem_dim != d_int:
+            self.align_item = nn.Linear(sem_dim, d_int, bias=False)
+            self.align_user = nn.Linear(sem_dim, d_int, bias=False)
         self.user = nn.Embedding(graph.n_users, config.dim)
         self.item = nn.Embedding(graph.n_items, config.dim)
         nn.init.xavier_uniform_(self.user.weight)
@@ -327,18 +561,27 @@ class DualAlignedSemanticIDs(Recommender):
         ):
             self.register_buffer(name, t, persistent=False)
 
+    def on_train_epoch_start(self, epoch: int) -> None:
+        freeze_at = self.config.freeze_sids_epoch
+        if freeze_at is None or epoch < freeze_at or bool(self.item_tower.frozen):
+            return
+        for tower in (self.item_tower, self.user_tower):
+            if tower is not None:
+                tower.freeze(refit=self.config.refit_at_freeze)
+
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
         """Recompute the user tower's history inputs from these pairs (train + valid when
-        scoring test); codes of users may change accordingly."""
-        if self.user_tower is None:
-            return False
+        scoring test); codes of users may change accordingly (once frozen, encoded by
+        the frozen tower)."""
         graph = TrainingGraph(self.n_users, self.n_items, users, items)
-        blocks = history_means(self._item_blocks, graph, self.config.history_decay)
-        for i, name in enumerate(self.user_tower.names):
-            if name in blocks:
-                x, present = blocks[name]
-                self.user_tower.register_buffer(f"x{i}", torch.as_tensor(x))
-                self.user_tower.register_buffer(f"p{i}", torch.as_tensor(present))
+        if self.pool_history:
+            pooling = history_pooling(graph, self.config.history_decay)
+            self.history_pool = pooling.to(self.history_pool.device)
+        if self.user_tower is None:
+            return self.pool_history
+        self.user_tower.set_inputs(
+            history_means(self._item_blocks, graph, self.config.history_decay)
+        )
         return True
 
     # ---------------------------------------------------------------- representations
@@ -354,7 +597,30 @@ class DualAlignedSemanticIDs(Recommender):
             interest = interest + self.config.semantic_weight * s
         return torch.cat([interest, pop], dim=1)
 
+    def _concat_vectors(self, item_out, user_out) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """concat mode: (final users, final items, collaborative users, item ego)."""
+        ego = self.item.weight * self.warm[:, None]
+        if self.item_code_emb is not None:
+            for level, emb in enumerate(self.item_code_emb):
+                ego = ego + emb(item_out.codes[:, level])
+            suffix = assign_semantic_ids(item_out.codes)[:, -1].to(ego.device)
+            ego = ego + self.item_suffix_emb(suffix) * self.warm_items[:, None]
+        c_u, c_i = self.propagation(self.user.weight, ego)
+        gamma = self.config.semantic_weight
+        s_i = item_out.quantized
+        if self.pool_history:
+            s_u = torch.sparse.mm(self.history_pool, s_i)
+        elif user_out is not None:
+            s_u = user_out.quantized
+        else:  # item side only: no user semantic vector to pair with s_i
+            s_u, s_i = c_u.new_zeros(len(c_u), 0), c_i.new_zeros(len(c_i), 0)
+        return torch.cat([c_u, gamma * s_u], 1), torch.cat([c_i, s_i], 1), c_u, ego
+
     def embeddings(self) -> tuple[Tensor, Tensor]:
+        if self.concat:
+            user_out = self.user_tower(None) if self.user_tower is not None else None
+            users, items, _, _ = self._concat_vectors(self.item_tower(None), user_out)
+            return users, items
         s_i = self.item_tower(None).quantized
         s_u = self.user_tower(None).quantized if self.user_tower is not None else None
         if self.config.propagate_semantic:
@@ -374,12 +640,29 @@ class DualAlignedSemanticIDs(Recommender):
         return torch.where(deg > 0, picked, rows)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        w, cfg = self.config.weights, self.config
+        cfg = self.config
         users, pos = batch["users"], batch["pos_items"]
         neg = batch["neg_items"][:, 0]
+        s_u = None
+        if self.concat:
+            # Towers over all rows (the propagation needs every item's codes).
+            item_out = self.item_tower(None)
+            user_out = self.user_tower(None) if self.user_tower is not None else None
+            f_u, f_i, c_u, ego = self._concat_vectors(item_out, user_out)
+            u_final, p_final, n_final = f_u[users], f_i[pos], f_i[neg]
+            c_i = f_i[:, : cfg.dim]
+            e_u, e_p = c_u[users], c_i[pos]  # the collaborative side that is aligned
+            s_all = self.align_item(item_out.quantized)
+            s_pos = s_all[pos]
+            terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
+            if user_out is not None:
+                s_u = self.align_user(user_out.quantized)[users]
+                terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+            terms["rec_loss"] = bpr_loss((u_final * p_final).sum(-1), (u_final * n_final).sum(-1))
+            terms["reg_loss"] = l2_penalty(self.user.weight[users], ego[pos], ego[neg])
+            return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, s_all)
         e_u_all, e_i_all = self.propagation(self.user.weight, self.item.weight)
         e_u, e_p, e_n = e_u_all[users], e_i_all[pos], e_i_all[neg]
-        s_u = None
         if cfg.propagate_semantic:
             # Every node's semantic embedding enters the propagation: towers over all rows.
             item_out = self.item_tower(None)
@@ -415,7 +698,14 @@ class DualAlignedSemanticIDs(Recommender):
         terms["reg_loss"] = l2_penalty(
             self.user.weight[users], self.item.weight[pos], self.item.weight[neg]
         )
+        return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, None)
 
+    def _aux_losses(self, batch, terms, e_u, e_p, s_u, s_pos, s_items):
+        """Alignment, co-occurrence and debias terms and the weighted total. ``e_*``:
+        collaborative vectors of the batch's users / positives; ``s_*``: their semantic
+        vectors in the interest space; ``s_items``: every item's (None: run the tower)."""
+        w, cfg = self.config.weights, self.config
+        users, pos = batch["users"], batch["pos_items"]
         # Alignment on a subset of the batch: in-batch InfoNCE is quadratic in its size.
         a = torch.arange(min(len(users), cfg.align_batch_size), device=users.device)
         (ui, up), (ii, ip) = self._split(e_u[a]), self._split(e_p[a])
@@ -434,12 +724,12 @@ class DualAlignedSemanticIDs(Recommender):
         terms["cooc_loss"] = zero
         if w.cooc:
             j = self._sample_neighbor(self.u_ptr, self.u_items, users[a])
-            terms["cooc_loss"] = info_nce(s_pos[a], self.item_tower(j).quantized, cfg.temperature)
+            s_j = s_items[j] if s_items is not None else self.item_tower(j).quantized
+            terms["cooc_loss"] = info_nce(s_pos[a], s_j, cfg.temperature)
             if self.user_tower is not None and s_u is not None:
                 v = self._sample_neighbor(self.i_ptr, self.i_users, pos[a])
-                terms["cooc_loss"] = terms["cooc_loss"] + info_nce(
-                    s_u[a], self.user_tower(v).quantized, cfg.temperature
-                )
+                s_v = self.align_user(self.user_tower(v).quantized)
+                terms["cooc_loss"] = terms["cooc_loss"] + info_nce(s_u[a], s_v, cfg.temperature)
         terms["debias_pop_loss"] = zero
         terms["debias_orth_loss"] = zero
         if cfg.pop_dim > 0:
@@ -502,6 +792,9 @@ class DualAlignedSemanticIDs(Recommender):
         from recsys.models.content_encoder import write_content_vectors
 
         arrays = write_content_vectors(folder, self.features, self.features_config)
+        if self.item_code_emb is not None:
+            for level, emb in enumerate(self.item_code_emb):
+                arrays[f"item_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
         for name, t in self._item_transforms.items():
             arrays[f"scale_{name}"] = np.array([t.scale])
             if t.components is not None:
@@ -509,6 +802,7 @@ class DualAlignedSemanticIDs(Recommender):
         np.savez(folder / "arrays.npz", **arrays)
         inputs = {f"x{i}" for i in range(len(self.item_tower.names))}
         inputs |= {f"p{i}" for i in range(len(self.item_tower.names))}
+        inputs.add("frozen_codes")  # a new item is assigned by the (frozen) tower
         weights = {k: v for k, v in self.item_tower.state_dict().items() if k not in inputs}
         torch.save(weights, folder / "item_tower.pt")
         cfg = self.config
@@ -519,7 +813,12 @@ class DualAlignedSemanticIDs(Recommender):
             "block_dims": {
                 name: int(self._item_blocks[name][0].shape[1]) for name in self.item_tower.names
             },
-            "fusion": cfg.item_fusion.model_dump(mode="json"),
+            "fusion": None if self.item_tower.identity else cfg.item_fusion.model_dump(mode="json"),
+            "semantic_input": cfg.semantic_input,
+            "modality_weights": cfg.modality_weights,
+            "semantic_combination": cfg.semantic_combination,
+            "semantic_part": self.user_tower is not None or self.pool_history,
+            "layers": cfg.layers,
             "quantizer": cfg.item_quantizer.model_dump(mode="json"),
             "interest_dim": cfg.interest_dim,
             "pop_dim": cfg.pop_dim,

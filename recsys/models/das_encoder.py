@@ -1,12 +1,15 @@
 """Serving-side item encoder of the one-stage DAS model (``RUN/item_encoder/``).
 
 A new item goes through what a cold item goes through in training: frozen extractors →
-the saved block transforms (PCA + scale) → the item tower (fusion, residual quantizer,
-per-level code embeddings) in eval mode → ``s_i``; its final representation is
-``[γ s_i ; 0]`` (no ID embedding: it has no interactions; divided by ``layers + 1`` when
-the model propagates semantic embeddings, as LightGCN's layer mean does for a node
-without edges), its semantic ID the tower's
-codes with suffix 0 (the serving layer disambiguates it against the catalogue).
+the saved block transforms (PCA + scale), or the content vectors themselves for
+``semantic_input: content`` → the item tower (fusion, residual quantizer, per-level code
+embeddings) in eval mode → ``s_i`` and its codes (assigned with the codebooks as they
+were when the IDs were frozen, if they were). Its final representation has no ID
+embedding (it has no interactions): ``[γ s_i ; 0]`` in ``add`` mode (divided by
+``layers + 1`` when the model propagates semantic embeddings, as LightGCN's layer mean
+does for a node without edges); ``[Σ_l code_emb_l[c_l] / (layers + 1) ; s_i]`` in
+``concat`` mode. Its semantic ID is the tower's codes with suffix 0 (the serving layer
+disambiguates it against the catalogue).
 """
 
 from __future__ import annotations
@@ -28,24 +31,40 @@ from recsys.serve.content import register_item_encoder
 class DASItemEncoder:
     def __init__(self, folder: Path) -> None:
         spec = json.loads((folder / "encoder.json").read_text())
-        self.content = ContentVectors(folder, spec["modalities"], {})
+        self.content_space = spec.get("semantic_input", "blocks") == "content"
+        weights = spec.get("modality_weights", {}) if self.content_space else {}
+        self.content = ContentVectors(folder, spec["modalities"], weights)
         arrays = np.load(folder / "arrays.npz")
         self.blocks = list(spec["block_dims"])
         self.transforms = {}
         for name in self.blocks:
+            if f"scale_{name}" not in arrays:  # content space without PCA: no transform
+                continue
             mean = arrays[f"mean_{name}"] if f"mean_{name}" in arrays else None
             comps = arrays[f"components_{name}"] if f"components_{name}" in arrays else None
             self.transforms[name] = BlockTransform(float(arrays[f"scale_{name}"][0]), mean, comps)
+        dims = {k: int(v) for k, v in spec["block_dims"].items()}
+        self.concat = spec.get("semantic_combination", "add") == "concat"
+        fusion = spec["fusion"]
         self.tower = SemanticTower(
-            {k: int(v) for k, v in spec["block_dims"].items()},
-            FusionConfig.model_validate(spec["fusion"]),
+            dims,
+            None if fusion is None else FusionConfig.model_validate(fusion),
             QuantizerConfig.model_validate(spec["quantizer"]),
-            int(spec["interest_dim"]),
-            bool(spec["code_embeddings"]),
+            sum(dims.values()) if self.content_space else int(spec["interest_dim"]),
+            bool(spec["code_embeddings"]) and not self.concat,
         )
         state = torch.load(folder / "item_tower.pt", map_location="cpu", weights_only=True)
+        for name in ("frozen", "frozen_books"):  # encoders saved before freezing existed
+            state.setdefault(name, self.tower.state_dict()[name])
         self.tower.load_state_dict(state, strict=True)
         self.tower.eval()
+        self.code_tables = [
+            arrays[f"item_code_emb_{level}"]
+            for level in range(self.tower.quantizer.levels)
+            if f"item_code_emb_{level}" in arrays
+        ]
+        self.semantic_part = bool(spec.get("semantic_part", True))
+        self.layers = int(spec.get("layers", 0))
         self.semantic_weight = float(spec["semantic_weight"])
         self.pop_dim = int(spec["pop_dim"])
         self.layer_mean = 1.0 / (int(spec.get("propagated_layers", 0)) + 1)
@@ -53,20 +72,35 @@ class DASItemEncoder:
     def encode(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """items → ``(N, dim)`` float32 embeddings, ``(N, levels + 1)`` semantic IDs."""
         features = self.content.features(items)
-        inputs = {
-            name: (
-                torch.as_tensor(self.transforms[name](*features[name])),
-                torch.as_tensor(np.asarray(features[name][1], dtype=bool)),
-            )
-            for name in self.blocks
-        }
+        if self.content_space:
+            x = self.content.vectors(features).astype(np.float32)
+            if "content" in self.transforms:
+                x = self.transforms["content"](x, np.ones(len(x), dtype=bool))
+            inputs = {"content": (torch.as_tensor(x), torch.ones(len(x), dtype=torch.bool))}
+        else:
+            inputs = {
+                name: (
+                    torch.as_tensor(self.transforms[name](*features[name])),
+                    torch.as_tensor(np.asarray(features[name][1], dtype=bool)),
+                )
+                for name in self.blocks
+            }
         with torch.no_grad():
             out = self.tower.embed(inputs)
         s, codes = out.quantized, out.codes
+        sids = torch.cat([codes, codes.new_zeros(len(codes), 1)], dim=1).numpy().astype(np.int64)
+        if self.concat:
+            # [collaborative ; semantic]: no ID embedding, so the collaborative part is the
+            # code embeddings, through LightGCN's layer mean for a node without edges.
+            c = np.zeros((len(codes), 0), dtype=np.float64)
+            if self.code_tables:
+                c = sum(t[codes[:, level].numpy()] for level, t in enumerate(self.code_tables))
+                c = c / (self.layers + 1)
+            semantic = s.numpy() if self.semantic_part else np.zeros((len(codes), 0))
+            return np.concatenate([c, semantic], axis=1).astype(np.float32), sids
         final = torch.cat([self.semantic_weight * s, s.new_zeros(len(s), self.pop_dim)], dim=1)
         final = final * self.layer_mean
-        sids = torch.cat([codes, codes.new_zeros(len(codes), 1)], dim=1)
-        return final.numpy().astype(np.float32), sids.numpy().astype(np.int64)
+        return final.numpy().astype(np.float32), sids
 
 
 @register_item_encoder("das")

@@ -34,6 +34,14 @@ class TwoStageConfig(PairwiseConfig):
     )
     modality_weights: dict[str, float] = Field(default_factory=dict)
     quantizer: QuantizerConfig = QuantizerConfig(kind="rqkmeans", levels=3, codebook_size=256)
+    semantic_ids_from: str | None = Field(
+        default=None,
+        description="a finished run folder (same dataset) whose item semantic IDs replace"
+        " stage 1: the codes are read from its semantic_ids/items.parquet instead of"
+        " fitting the quantizer, so that different semantic-ID methods (e.g. a DAS run's"
+        " jointly aligned IDs) are compared in the same downstream model; levels and"
+        " codebook size must match `quantizer`. Such a run writes no item encoder",
+    )
 
 
 @register_model("two_stage", TwoStageConfig)
@@ -48,12 +56,17 @@ class TwoStageSemanticIDs(Recommender):
         self.features, self.features_config = graph.item_features, graph.features_config
         content = content_item_matrix(graph.item_features, config.modality_weights)
         # Stage 1: quantize the content once; the codes are frozen from here on.
-        self.quantizer = build_quantizer(config.quantizer).fit(content.astype(np.float32))
-        codes = self.quantizer.encode(content.astype(np.float32))
+        self.quantizer = None
+        if config.semantic_ids_from is None:
+            self.quantizer = build_quantizer(config.quantizer).fit(content.astype(np.float32))
+            codes = self.quantizer.encode(content.astype(np.float32))
+        else:
+            if graph.item_codes is None:
+                raise ValueError("semantic_ids_from: the runner did not load the codes")
+            codes = torch.as_tensor(np.array(graph.item_codes, dtype=np.int64))
         sids, self.sid_stats = semantic_id_table(codes, config.quantizer.codebook_size)
-        self.sid_stats["quantizer_history"] = (
-            self.quantizer.history[-1:] if self.quantizer.history else []
-        )
+        history = self.quantizer.history[-1:] if self.quantizer is not None else []
+        self.sid_stats["quantizer_history"] = history
         self.register_buffer("sids", torch.as_tensor(sids, dtype=torch.long))
         k = config.quantizer.codebook_size
         self.code_emb = nn.ModuleList(
@@ -100,8 +113,8 @@ class TwoStageSemanticIDs(Recommender):
         """What serving needs to embed a new item as training embedded a cold one: the
         content pipeline, the frozen quantizer, the code tables and the layer count (see
         ``recsys.models.two_stage_encoder``)."""
-        if self.features_config is None:
-            return
+        if self.features_config is None or self.quantizer is None:
+            return  # borrowed IDs: this run holds no quantizer to encode a new item
         from recsys.models.content_encoder import write_content_vectors
 
         arrays = write_content_vectors(folder, self.features, self.features_config)

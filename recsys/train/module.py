@@ -44,6 +44,9 @@ class RecommenderModule(L.LightningModule):
             )
         return losses["loss"]
 
+    def on_train_epoch_start(self) -> None:
+        self.model.on_train_epoch_start(self.current_epoch)
+
     def on_train_epoch_end(self) -> None:
         for name, value in self.model.epoch_metrics().items():
             self.log(f"train/{name}", float(value))

@@ -211,6 +211,35 @@ def write_item_encoder(model: Recommender, run: RunFolder) -> None:
         tmp.rename(final)
 
 
+def borrowed_item_codes(source: Path, item_ids: np.ndarray, quantizer) -> np.ndarray:
+    """``(n_items, L)`` codes of ``item_ids`` from another run's semantic-ID table; every
+    item must be there, with the configured levels and codes inside the codebook."""
+    table = RunFolder(source).semantic_ids("items")
+    where = source / "semantic_ids" / "items.parquet"
+    if table is None:
+        raise ConfigError(f"model.semantic_ids_from: no {where}")
+    columns = [f"c{level}" for level in range(quantizer.levels)]
+    missing = [c for c in columns if c not in table.columns]
+    if missing or f"c{quantizer.levels}" in table.columns:
+        raise ConfigError(
+            f"{where}: expected codes {columns} (model.quantizer.levels="
+            f"{quantizer.levels}), found {[c for c in table.columns if c.startswith('c')]}"
+        )
+    table = table.set_index(table["item_id"].astype(str))
+    wanted = pd.Index(np.asarray(item_ids).astype(str))
+    absent = wanted.difference(table.index)
+    if len(absent):
+        raise ConfigError(
+            f"{where}: {len(absent)} items of this dataset are absent, e.g. {absent[0]!r}"
+        )
+    codes = table.loc[wanted, columns].to_numpy(np.int64)
+    if codes.min() < 0 or codes.max() >= quantizer.codebook_size:
+        raise ConfigError(
+            f"{where}: codes outside [0, {quantizer.codebook_size}) (model.quantizer.codebook_size)"
+        )
+    return codes
+
+
 def user_features(dataset: SplitDataset):
     """Side information of users as (matrix, present), or None when the dataset has none."""
     from recsys.features.presets import USER_PRESETS
@@ -229,6 +258,11 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
     dataset = load_dataset(config.data)  # bad data fails here, before anything is written
+    source, borrowed_codes = getattr(config.model, "semantic_ids_from", None), None
+    if source is not None:  # so does a bad semantic-ID source
+        borrowed_codes = borrowed_item_codes(
+            Path(source), dataset.item_map.ids, config.model.quantizer
+        )
     run, resume = prepare_run_folder(config, fresh)
     run.write_data(
         dataset.user_map,
@@ -247,6 +281,7 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
         graph.item_features, graph.features_config = item_features(dataset, config)
     if model_spec(config.model.kind).build.needs_user_features:
         graph.user_features = user_features(dataset)
+    graph.item_codes = borrowed_codes
     model = build_model(config.model, graph)
     training: dict[str, Any] = {"epochs": 0, "train_seconds": 0.0}
     if model.trainable:

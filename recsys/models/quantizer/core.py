@@ -45,6 +45,9 @@ class QuantizerOutput:
     commitment_loss: Tensor  # scalar, sum over levels of ||r_l - sg(e_l)||^2 (batch mean)
     codebook_loss: Tensor  # scalar, sum over levels of ||sg(r_l) - e_l||^2; 0 in EMA mode
     residual_norms: Tensor  # (L,) mean L2 norm of the residual left after levels 1..l
+    # (B, d) the same codeword sum as ``quantized`` in value, but differentiable with
+    # respect to the codebooks (in "grad" mode) instead of the input
+    codewords: Tensor | None = None
 
 
 def pairwise_sq_dists(x: Tensor, c: Tensor) -> Tensor:
@@ -293,6 +296,7 @@ class ResidualQuantizer(nn.Module):
         commitment = z.new_zeros(())
         codebook_loss = z.new_zeros(())
         codes, inputs, errors, norms = [], [], [], []
+        codewords = torch.zeros_like(z)
         for level in range(self.levels):
             book = self.codebooks[level]
             with torch.no_grad():
@@ -307,6 +311,7 @@ class ResidualQuantizer(nn.Module):
                 codebook_loss = codebook_loss + (residual.detach() - e).pow(2).sum(1).mean()
             inputs.append(residual.detach())
             q_sum = q_sum + e.detach()
+            codewords = codewords + e
             residual = residual - e.detach()
             err = residual.detach().pow(2).sum(1)
             errors.append(err)
@@ -323,6 +328,7 @@ class ResidualQuantizer(nn.Module):
             commitment_loss=commitment,
             codebook_loss=codebook_loss,
             residual_norms=torch.stack(norms),
+            codewords=codewords,
         )
 
     @torch.no_grad()
