@@ -19,8 +19,7 @@ import json
 import torch
 
 from recsys.artifacts import RunFolder
-from recsys.data.splits import TEST, TRAIN, VALID
-from recsys.eval.ranking import evaluate
+from recsys.eval.bundle import evaluate_scores
 
 
 def standardise(scores: torch.Tensor) -> torch.Tensor:
@@ -31,15 +30,8 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
 def blend_metrics(a: RunFolder, b: RunFolder, split: str, lam: float) -> dict[str, float]:
     ua, ia = (torch.from_numpy(x).float() for x in a.embeddings(split))
     ub, ib = (torch.from_numpy(x).float() for x in b.embeddings(split))
-    truth = a.matrix(TEST if split == "test" else VALID)
-    exclude = a.matrix(TRAIN, VALID) if split == "test" else a.matrix(TRAIN)
-    return evaluate(
-        lambda u: standardise(ua[u] @ ia.T) + lam * standardise(ub[u] @ ib.T),
-        truth,
-        exclude,
-        ks=(10, 20),
-        candidates=a.candidates(split),
-        batch_size=1024,
+    return evaluate_scores(
+        a, split, lambda u: standardise(ua[u] @ ia.T) + lam * standardise(ub[u] @ ib.T), (10, 20)
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -11,23 +11,32 @@ from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.eval.ranking import evaluate
 
 
-def evaluate_run(
-    run: RunFolder, split: str = "test", ks: Sequence[int] = (5, 10, 20), batch_size: int = 1024
+def evaluate_scores(
+    run: RunFolder,
+    split: str,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    ks: Sequence[int] = (5, 10, 20),
+    batch_size: int = 1024,
 ) -> dict[str, float]:
-    """Full-ranking metrics of ``split``, masking what the protocol masks."""
+    """Full-ranking metrics of ``split`` for ``score`` (user indices ``(B,)`` → ``(B,
+    n_items)``) on this run's data, masking what the protocol masks."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    user, item = (torch.from_numpy(a) for a in run.embeddings(split))
     truth = run.matrix(TEST if split == "test" else VALID)
     exclude = run.matrix(TRAIN, VALID) if split == "test" else run.matrix(TRAIN)
     return evaluate(
-        lambda u: user[u] @ item.T,
-        truth,
-        exclude,
-        ks=ks,
-        candidates=run.candidates(split),
-        batch_size=batch_size,
+        score, truth, exclude, ks=ks, candidates=run.candidates(split), batch_size=batch_size
     )
+
+
+def evaluate_run(
+    run: RunFolder, split: str = "test", ks: Sequence[int] = (5, 10, 20), batch_size: int = 1024
+) -> dict[str, float]:
+    """Full-ranking metrics of ``split`` from the run's saved embeddings."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    user, item = (torch.from_numpy(a) for a in run.embeddings(split))
+    return evaluate_scores(run, split, lambda u: user[u] @ item.T, ks, batch_size)
 
 
 HEADLINE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10", "mrr", "coverage@20")

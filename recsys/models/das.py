@@ -236,11 +236,16 @@ def pca_blocks(features: dict[str, tuple[np.ndarray, np.ndarray]], dim: int, see
     }
 
 
+def _recency_weights(graph: TrainingGraph, decay: float) -> np.ndarray:
+    """``(E,)``: ``decay^k`` for each training pair, k its rank from the user's latest."""
+    return decay ** graph.recency_rank().astype(np.float64)
+
+
 def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
     """Per item modality, the recency-weighted mean (weight ``decay^k`` for the k-th most
     recent item) over each user's training items where present:
     ``{"hist_<m>": ((U, D_m), present (U,))}``."""
-    weights = decay ** graph.recency_rank().astype(np.float64)
+    weights = _recency_weights(graph, decay)
     out = {}
     for name, (x, present) in item_blocks.items():
         keep = present[graph.train_items]
@@ -256,7 +261,7 @@ def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
 def history_pooling(graph: TrainingGraph, decay: float) -> Tensor:
     """Sparse ``(U, I)``: row u holds the recency weights ``decay^k`` (k-th most recent
     training item) of u's items, normalised to sum to 1 (empty for users without any)."""
-    weights = decay ** graph.recency_rank().astype(np.float64)
+    weights = _recency_weights(graph, decay)
     mass = np.bincount(graph.train_users, weights=weights, minlength=graph.n_users)
     values = weights / mass[graph.train_users]
     index = np.stack([graph.train_users, graph.train_items])
@@ -370,16 +375,10 @@ class _Tower(SemanticTower):
         dims = {name: int(x.shape[1]) for name, (x, _) in blocks.items()}
         super().__init__(dims, fusion, quantizer, out_dim, code_embeddings)
         self.names = list(blocks)
-        for i, name in enumerate(self.names):
-            x, present = blocks[name]
-            self.register_buffer(f"x{i}", torch.as_tensor(x))
-            self.register_buffer(f"p{i}", torch.as_tensor(present))
+        self._store_inputs(blocks)
         # k-means initialisation on every row (not just a first batch), so that the codes
         # are defined from the start, including for evaluation before any training step.
-        with torch.no_grad():
-            self.fusion.eval()
-            self.quantizer.init_codebooks(self.fusion(self.inputs(None)))
-            self.fusion.train()
+        self.quantizer.init_codebooks(self._fused_all())
         # Set by freeze(); a buffer, so that a checkpoint restores the frozen IDs exactly.
         n = len(blocks[self.names[0]][0])
         self.register_buffer("frozen_codes", torch.zeros(n, quantizer.levels, dtype=torch.long))
@@ -398,23 +397,31 @@ class _Tower(SemanticTower):
             return self.embed(self.inputs(rows))
         return self.from_codes(self.frozen_codes if rows is None else self.frozen_codes[rows])
 
-    @torch.no_grad()
-    def _all_codes(self) -> Tensor:
-        was = self.training
-        self.eval()
-        codes = self.assign(self.fusion(self.inputs(None)))
-        self.train(was)
-        return codes
-
-    @torch.no_grad()
-    def set_inputs(self, blocks) -> None:
-        """Replace some input blocks ``{name: (x, present)}`` (a user's history at test
-        time); frozen codes follow them, assigned by the frozen tower."""
+    def _store_inputs(self, blocks) -> None:
         for i, name in enumerate(self.names):
             if name in blocks:
                 x, present = blocks[name]
                 self.register_buffer(f"x{i}", torch.as_tensor(x))
                 self.register_buffer(f"p{i}", torch.as_tensor(present))
+
+    @torch.no_grad()
+    def _fused_all(self) -> Tensor:
+        """``(N, d)``: the eval-mode fusion of every row (no dropout)."""
+        was = self.training
+        self.eval()
+        z = self.fusion(self.inputs(None))
+        self.train(was)
+        return z
+
+    @torch.no_grad()
+    def _all_codes(self) -> Tensor:
+        return self.assign(self._fused_all())
+
+    @torch.no_grad()
+    def set_inputs(self, blocks) -> None:
+        """Replace some input blocks ``{name: (x, present)}`` (a user's history at test
+        time); frozen codes follow them, assigned by the frozen tower."""
+        self._store_inputs(blocks)
         if bool(self.frozen):
             self.frozen_codes.copy_(self._all_codes())
 
@@ -432,10 +439,7 @@ class _Tower(SemanticTower):
         IDs use every code the data allows; the code embeddings, indexed by the codes
         they replace, restart from zero."""
         if refit:
-            was = self.training
-            self.eval()
-            z = self.fusion(self.inputs(None))
-            self.train(was)
+            z = self._fused_all()
             self.quantizer.init_codebooks(z)
             self.quantizer.balance_last_level(z, self.quantizer.kmeans_iters)
             if self.code_emb is not None:
@@ -618,7 +622,8 @@ class DualAlignedSemanticIDs(Recommender):
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         if self.concat:
-            user_out = self.user_tower(None) if self.user_tower is not None else None
+            scored = self.user_tower is not None and not self.pool_history
+            user_out = self.user_tower(None) if scored else None  # else unused here
             users, items, _, _ = self._concat_vectors(self.item_tower(None), user_out)
             return users, items
         s_i = self.item_tower(None).quantized
