@@ -16,15 +16,12 @@ import json
 
 import numpy as np
 import torch
+from cold_content import cold10_content
 
-from recsys.data.dataset import DataConfig, load_dataset
 from recsys.data.splits import TRAIN, VALID
 from recsys.eval.ranking import evaluate
-from recsys.features.pipeline import build_item_features
-from recsys.features.presets import default_features
 from recsys.models.base import TrainingGraph
-from recsys.models.content import content_item_matrix, recency_weighted_users
-from recsys.train.runner import feature_cache_dir
+from recsys.models.content import recency_weighted_users
 
 
 def main() -> None:
@@ -33,11 +30,7 @@ def main() -> None:
     parser.add_argument("--lambdas", default="0.05,0.1,0.2,0.5,1.0")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ds = load_dataset(DataConfig(dataset=args.dataset, split="cold-10"))
-    features = build_item_features(
-        ds.item_table, default_features(args.dataset), cache_dir=feature_cache_dir()
-    )
-    items = content_item_matrix(features, {})
+    ds, items = cold10_content(args.dataset)
     tu, ti = ds.pairs(TRAIN)
     vu, vi = ds.pairs(VALID)
     known = {

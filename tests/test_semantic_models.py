@@ -313,3 +313,81 @@ def test_das_content_concat_scores_collaborative_plus_semantic(user_semantic):
     with torch.no_grad():
         model.item.weight[27:30] += 100.0
     assert torch.equal(model.embeddings()[1][27:30], before)
+
+
+def test_das_user_history_weight_adds_recency_mean_of_collaborative_items():
+    graph, _ = synthetic_content_graph()
+    beta = 0.5
+    config = small_das(**CONTENT_CONCAT, user_semantic="history", user_history_weight=beta)
+    model = build_model(config, graph)
+    model.on_train_epoch_start(0)
+    _train(model, graph, steps=10)
+    model.eval()
+
+    def collaborative_halves():
+        with torch.no_grad():
+            users, items = model.embeddings()
+        return users[:, :16].numpy(), items[:, :16].numpy()
+
+    with_history, items = collaborative_halves()
+    model.collab_history = False
+    alone, items_alone = collaborative_halves()
+    model.collab_history = True
+    np.testing.assert_array_equal(items, items_alone)  # items do not depend on it
+    u = int(graph.train_users[0])
+    mine = graph.train_items[graph.train_users == u]  # chronological
+    w = 0.9 ** np.arange(len(mine))[::-1]
+    expected = alone[u] + beta * (w[:, None] * items[mine]).sum(0) / w.sum()
+    np.testing.assert_allclose(with_history[u], expected, rtol=1e-4, atol=1e-6)
+    # the valid item joins the history when test is scored
+    assert model.use_history(
+        np.concatenate([graph.train_users, [u]]), np.concatenate([graph.train_items, [29]])
+    )
+    moved, _ = collaborative_halves()
+    w2 = np.concatenate([w * 0.9, [1.0]])
+    rows = np.concatenate([mine, [29]])
+    expected = alone[u] + beta * (w2[:, None] * items[rows]).sum(0) / w2.sum()
+    np.testing.assert_allclose(moved[u], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_das_user_history_weight_needs_concat():
+    with pytest.raises(ValueError, match="user_history_weight"):
+        small_das(user_history_weight=1.0)
+
+
+def test_das_softmax_rec_loss_closed_form_and_training():
+    graph, _ = synthetic_content_graph()
+    config = small_das(**CONTENT_CONCAT, rec_loss="softmax", rec_temperature=0.5)
+    model = build_model(config, graph)
+    u = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    p = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    # logits u·p / 0.5 = [[2, 0], [4, 4]]: row 0's positive is column 0, row 1's column 1
+    expected = (-np.log(np.exp(2) / (np.exp(2) + 1)) + np.log(2)) / 2
+    assert float(model._rec_loss(u, p, p.flip(0))) == pytest.approx(expected, rel=1e-6)
+    model.on_train_epoch_start(0)
+    history = _train(model, graph, steps=40)
+    assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
+
+
+def test_das_learned_semantic_weight_trains_and_scales_the_semantic_half():
+    graph, _ = synthetic_content_graph()
+    config = small_das(
+        **CONTENT_CONCAT, user_semantic="history", learn_semantic_weight=True, semantic_weight=2.0
+    )
+    model = build_model(config, graph)
+    model.on_train_epoch_start(0)
+    assert float(model.log_semantic_weight.exp()) == pytest.approx(2.0)
+    _train(model, graph, steps=10)
+    gamma = float(model.log_semantic_weight.exp())
+    assert gamma != pytest.approx(2.0)  # the recommendation loss moved it
+    model.eval()
+    with torch.no_grad():
+        users, items = model.embeddings()
+    # the user's semantic half is γ × the history mean of the items' semantic halves
+    u = int(graph.train_users[0])
+    mine = graph.train_items[graph.train_users == u]
+    w = 0.9 ** np.arange(len(mine))[::-1]
+    expected = gamma * (w[:, None] * items[mine, 16:].numpy()).sum(0) / w.sum()
+    np.testing.assert_allclose(users[u, 16:].numpy(), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="learn_semantic_weight"):
+        small_das(learn_semantic_weight=True)

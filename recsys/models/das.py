@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +55,13 @@ from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
 from recsys.models.content import content_item_matrix
 from recsys.models.fusion import FusionConfig, ModalityFusion
-from recsys.models.losses import bpr_loss, info_nce, l2_penalty, orthogonality_loss
+from recsys.models.losses import (
+    bpr_loss,
+    in_batch_softmax_loss,
+    info_nce,
+    l2_penalty,
+    orthogonality_loss,
+)
 from recsys.models.quantizer import (
     QuantizerConfig,
     ResidualQuantizer,
@@ -82,7 +89,20 @@ class DASConfig(StrictModel):
     pop_dim: int = Field(default=16, ge=0, description="conformity-factor columns of dim")
     layers: int = 2
     semantic_weight: float = Field(default=1.0, description="γ in the final representation")
+    learn_semantic_weight: bool = Field(
+        default=False,
+        description="concat mode: γ is a trained scalar (kept positive, starting at"
+        " semantic_weight), so the recommendation loss sets how much the semantic score"
+        " counts even when the codewords themselves do not train (codebook_update: ema)",
+    )
     temperature: float = 0.2
+    rec_loss: Literal["bpr", "softmax"] = Field(
+        default="bpr",
+        description="recommendation loss on the final score: bpr (one sampled negative per"
+        " pair) or softmax (in-batch sampled softmax over the batch's positives, on the"
+        " same dot products that retrieval ranks by, divided by rec_temperature)",
+    )
+    rec_temperature: float = Field(default=1.0, gt=0, description="softmax rec_loss: τ")
     align_batch_size: int = Field(default=256, ge=2, description="rows used by InfoNCE terms")
     input_dim: int = Field(default=64, ge=1, description="PCA size of each frozen feature block")
     dual: bool = Field(default=True, description="user semantic tower and user quantizer")
@@ -146,6 +166,14 @@ class DASConfig(StrictModel):
         " valid items when scoring test). The user tower still gives users their"
         " semantic IDs and is aligned either way",
     )
+    user_history_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="concat mode: β; a user's collaborative vector is their propagated ID"
+        " embedding plus β times the recency-weighted mean (history_decay) of their"
+        " history items' propagated collaborative vectors (FISM/SVD++-style, refreshed"
+        " with the valid items when scoring test); 0: the ID embedding alone",
+    )
     content_dim: int | None = Field(
         default=None,
         ge=1,
@@ -174,6 +202,12 @@ class DASConfig(StrictModel):
             raise ValueError("pop_dim must be in [0, dim)")
         if self.semantic_input == "content" and self.semantic_combination != "concat":
             raise ValueError("semantic_input: content needs semantic_combination: concat")
+        if self.learn_semantic_weight and (
+            self.semantic_combination != "concat" or self.semantic_weight <= 0
+        ):
+            raise ValueError("learn_semantic_weight needs concat and semantic_weight > 0")
+        if self.user_history_weight > 0 and self.semantic_combination != "concat":
+            raise ValueError("user_history_weight needs semantic_combination: concat")
         if self.semantic_combination == "concat" and self.propagate_semantic:
             raise ValueError(
                 "semantic_combination: concat propagates the code embeddings"
@@ -521,7 +555,8 @@ class DualAlignedSemanticIDs(Recommender):
                 tower_codes,
             )
         self.pool_history = self.concat and config.user_semantic == "history"
-        if self.pool_history:
+        self.collab_history = self.concat and config.user_history_weight > 0
+        if self.pool_history or self.collab_history:
             pooling = history_pooling(graph, config.history_decay)
             self.register_buffer("history_pool", pooling, persistent=False)
         # concat: the collaborative item embedding holds the semantic ID's code embeddings
@@ -546,6 +581,9 @@ class DualAlignedSemanticIDs(Recommender):
         if sem_dim != d_int:
             self.align_item = nn.Linear(sem_dim, d_int, bias=False)
             self.align_user = nn.Linear(sem_dim, d_int, bias=False)
+        self.log_semantic_weight = None
+        if config.learn_semantic_weight:
+            self.log_semantic_weight = nn.Parameter(torch.tensor(math.log(config.semantic_weight)))
         self.user = nn.Embedding(graph.n_users, config.dim)
         self.item = nn.Embedding(graph.n_items, config.dim)
         nn.init.xavier_uniform_(self.user.weight)
@@ -578,11 +616,12 @@ class DualAlignedSemanticIDs(Recommender):
         scoring test); codes of users may change accordingly (once frozen, encoded by
         the frozen tower)."""
         graph = TrainingGraph(self.n_users, self.n_items, users, items)
-        if self.pool_history:
+        pooled = self.pool_history or self.collab_history
+        if pooled:
             pooling = history_pooling(graph, self.config.history_decay)
             self.history_pool = pooling.to(self.history_pool.device)
         if self.user_tower is None:
-            return self.pool_history
+            return pooled
         self.user_tower.set_inputs(
             history_means(self._item_blocks, graph, self.config.history_decay)
         )
@@ -610,7 +649,11 @@ class DualAlignedSemanticIDs(Recommender):
             suffix = assign_semantic_ids(item_out.codes)[:, -1].to(ego.device)
             ego = ego + self.item_suffix_emb(suffix) * self.warm_items[:, None]
         c_u, c_i = self.propagation(self.user.weight, ego)
+        if self.collab_history:
+            c_u = c_u + self.config.user_history_weight * torch.sparse.mm(self.history_pool, c_i)
         gamma = self.config.semantic_weight
+        if self.log_semantic_weight is not None:
+            gamma = self.log_semantic_weight.exp()
         s_i = item_out.quantized
         if self.pool_history:
             s_u = torch.sparse.mm(self.history_pool, s_i)
@@ -663,7 +706,7 @@ class DualAlignedSemanticIDs(Recommender):
             if user_out is not None:
                 s_u = self.align_user(user_out.quantized)[users]
                 terms["quant_loss"] = terms["quant_loss"] + user_out.loss
-            terms["rec_loss"] = bpr_loss((u_final * p_final).sum(-1), (u_final * n_final).sum(-1))
+            terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final)
             terms["reg_loss"] = l2_penalty(self.user.weight[users], ego[pos], ego[neg])
             return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, s_all)
         e_u_all, e_i_all = self.propagation(self.user.weight, self.item.weight)
@@ -699,11 +742,17 @@ class DualAlignedSemanticIDs(Recommender):
             u_final = self._final(e_u, s_u, None)
             p_final = self._final(e_p, s_pos, self.warm[pos])
             n_final = self._final(e_n, s_neg, self.warm[neg])
-        terms["rec_loss"] = bpr_loss((u_final * p_final).sum(-1), (u_final * n_final).sum(-1))
+        terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final)
         terms["reg_loss"] = l2_penalty(
             self.user.weight[users], self.item.weight[pos], self.item.weight[neg]
         )
         return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, None)
+
+    def _rec_loss(self, user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        """user, pos, neg: ``(B, D)`` final vectors of the batch's pairs and negatives."""
+        if self.config.rec_loss == "softmax":
+            return in_batch_softmax_loss(user, pos, self.config.rec_temperature)
+        return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
 
     def _aux_losses(self, batch, terms, e_u, e_p, s_u, s_pos, s_items):
         """Alignment, co-occurrence and debias terms and the weighted total. ``e_*``:
