@@ -380,6 +380,7 @@ def test_das_learned_semantic_weight_trains_and_scales_the_semantic_half():
     _train(model, graph, steps=10)
     gamma = float(model.log_semantic_weight.exp())
     assert gamma != pytest.approx(2.0)  # the recommendation loss moved it
+    assert model.semantic_weight() == gamma == model.epoch_metrics()["semantic_weight"]
     model.eval()
     with torch.no_grad():
         users, items = model.embeddings()

@@ -653,7 +653,7 @@ class DualAlignedSemanticIDs(Recommender):
             c_u = c_u + self.config.user_history_weight * torch.sparse.mm(self.history_pool, c_i)
         gamma = self.config.semantic_weight
         if self.log_semantic_weight is not None:
-            gamma = self.log_semantic_weight.exp()
+            gamma = self.log_semantic_weight.exp()  # a tensor, so that it trains
         s_i = item_out.quantized
         if self.pool_history:
             s_u = torch.sparse.mm(self.history_pool, s_i)
@@ -811,6 +811,12 @@ class DualAlignedSemanticIDs(Recommender):
         return {"loss": total, **terms}
 
     # ------------------------------------------------------------- semantic-ID health
+    def semantic_weight(self) -> float:
+        """γ as it stands: the configured one, or the learned one."""
+        if self.log_semantic_weight is None:
+            return float(self.config.semantic_weight)
+        return float(self.log_semantic_weight.detach().exp())
+
     def epoch_metrics(self) -> dict[str, float]:
         codes = self.item_tower.codes()
         stats = codebook_stats(codes, self.config.item_quantizer.codebook_size)
@@ -821,6 +827,8 @@ class DualAlignedSemanticIDs(Recommender):
         if previous is not None and previous.shape == codes.shape:
             out["sid_changed_frac"] = float((previous != codes).any(dim=1).float().mean())
         self._previous_codes = codes.clone()
+        if self.log_semantic_weight is not None:
+            out["semantic_weight"] = self.semantic_weight()
         return out
 
     def semantic_ids(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
@@ -876,7 +884,7 @@ class DualAlignedSemanticIDs(Recommender):
             "quantizer": cfg.item_quantizer.model_dump(mode="json"),
             "interest_dim": cfg.interest_dim,
             "pop_dim": cfg.pop_dim,
-            "semantic_weight": cfg.semantic_weight,
+            "semantic_weight": self.semantic_weight(),
             "code_embeddings": cfg.code_embeddings,
             # a node without edges ends LightGCN's layer mean as ego / (layers + 1)
             "propagated_layers": cfg.layers if cfg.propagate_semantic else 0,
