@@ -556,7 +556,9 @@ class DualAlignedSemanticIDs(Recommender):
             )
         self.pool_history = self.concat and config.user_semantic == "history"
         self.collab_history = self.concat and config.user_history_weight > 0
-        if self.pool_history or self.collab_history:
+        # either side pooling the history: test scoring refreshes the pooling with valid
+        self.history_pooled = self.pool_history or self.collab_history
+        if self.history_pooled:
             pooling = history_pooling(graph, config.history_decay)
             self.register_buffer("history_pool", pooling, persistent=False)
         # concat: the collaborative item embedding holds the semantic ID's code embeddings
@@ -616,12 +618,11 @@ class DualAlignedSemanticIDs(Recommender):
         scoring test); codes of users may change accordingly (once frozen, encoded by
         the frozen tower)."""
         graph = TrainingGraph(self.n_users, self.n_items, users, items)
-        pooled = self.pool_history or self.collab_history
-        if pooled:
+        if self.history_pooled:
             pooling = history_pooling(graph, self.config.history_decay)
             self.history_pool = pooling.to(self.history_pool.device)
         if self.user_tower is None:
-            return pooled
+            return self.history_pooled
         self.user_tower.set_inputs(
             history_means(self._item_blocks, graph, self.config.history_decay)
         )
@@ -651,9 +652,7 @@ class DualAlignedSemanticIDs(Recommender):
         c_u, c_i = self.propagation(self.user.weight, ego)
         if self.collab_history:
             c_u = c_u + self.config.user_history_weight * torch.sparse.mm(self.history_pool, c_i)
-        gamma = self.config.semantic_weight
-        if self.log_semantic_weight is not None:
-            gamma = self.log_semantic_weight.exp()  # a tensor, so that it trains
+        gamma = self._gamma()
         s_i = item_out.quantized
         if self.pool_history:
             s_u = torch.sparse.mm(self.history_pool, s_i)
@@ -811,11 +810,15 @@ class DualAlignedSemanticIDs(Recommender):
         return {"loss": total, **terms}
 
     # ------------------------------------------------------------- semantic-ID health
+    def _gamma(self) -> Tensor | float:
+        """γ: the configured float, or the learned one as a tensor (so that it trains)."""
+        if self.log_semantic_weight is None:
+            return self.config.semantic_weight
+        return self.log_semantic_weight.exp()
+
     def semantic_weight(self) -> float:
         """γ as it stands: the configured one, or the learned one."""
-        if self.log_semantic_weight is None:
-            return float(self.config.semantic_weight)
-        return float(self.log_semantic_weight.detach().exp())
+        return float(self._gamma())
 
     def epoch_metrics(self) -> dict[str, float]:
         codes = self.item_tower.codes()
