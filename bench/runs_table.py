@@ -38,6 +38,7 @@ def row(run: Path) -> dict:
         "best_epoch": training.get("best_epoch"),
         "train_s": training.get("train_seconds", 0.0),
         "s_to_best": training.get("seconds_to_best"),
+        "refit": training.get("refit"),  # trainer.refit: epochs and seconds of the refit
         "command": command,
         "git": manifest.get("git_commit"),
     }
@@ -50,7 +51,11 @@ def markdown(title: str, rows: list[dict]) -> str:
         cells = [f"`{r['run']}`", r["dataset"], r["split"], r["model"]]
         cells += [f"{r[c]:.4f}" if r[c] is not None else "" for c in COLUMNS]
         best = f" ({r['best_epoch']})" if r["best_epoch"] else ""
-        cells += [f"{r['epochs']}{best}", f"{r['train_s']:.0f}", f"{r['s_to_best'] or ''}"]
+        epochs, seconds = f"{r['epochs']}{best}", f"{r['train_s']:.0f}"
+        if r.get("refit"):  # test scored by the model retrained on train + valid
+            epochs += f" + refit {r['refit']['epochs']}"
+            seconds += f" + {r['refit']['train_seconds']:.0f}"
+        cells += [epochs, seconds, f"{r['s_to_best'] or ''}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Commands (`runs/<name>` is the run folder; `trainer.num_threads=1`):", ""]
     lines += [f"- `{r['run']}`: `{r['command']}`" for r in rows]

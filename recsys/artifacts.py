@@ -15,9 +15,13 @@ Layout of ``runs/<name>/``::
     semantic_ids/items.parquet  item_id, c0..c{L-1} (codes), suffix (disambiguation)
     semantic_ids/users.parquet  user_id, c0..c{L-1}, suffix (dual quantization), if any
     semantic_ids/stats.json     per side: codebook size, utilisation, perplexity, collisions
-    metrics.json           valid and test metrics of the best checkpoint
-    checkpoints/           best.ckpt, last.ckpt (Lightning)
-    logs/metrics.csv       per-epoch training and validation curves
+    metrics.json           valid and test metrics of the best checkpoint (test: of the
+                           refit model, with trainer.refit)
+    checkpoints/           best.ckpt, last.ckpt (Lightning); selected.json (early stopping
+                           done: a rerun reloads best.ckpt instead of training on);
+                           refit/last.ckpt (the model retrained on train + valid, with
+                           trainer.refit)
+    logs/metrics.csv       per-epoch training and validation curves (refit/: the refit's)
 
 Reading a bundle needs only numpy, pandas and this module: never the training code.
 """

@@ -97,7 +97,17 @@ CONTENT_CONCAT = {
 
 @pytest.fixture(
     scope="module",
-    params=[{}, FROZEN_PROPAGATED, CONTENT_CONCAT, {**CONTENT_CONCAT, "content_dim": 3}],
+    params=[
+        {},
+        FROZEN_PROPAGATED,
+        CONTENT_CONCAT,
+        {
+            **CONTENT_CONCAT,
+            "content_dim": 3,
+            "cold_semantic_weight": 3.0,
+            "popularity_weight": 0.5,
+        },
+    ],
     ids=["joint", "frozen", "content-concat", "content-pca"],
 )
 def das_run(tmp_path_factory, request) -> RunFolder:

@@ -392,3 +392,52 @@ def test_das_learned_semantic_weight_trains_and_scales_the_semantic_half():
     np.testing.assert_allclose(users[u, 16:].numpy(), expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="learn_semantic_weight"):
         small_das(learn_semantic_weight=True)
+
+
+def test_das_cold_semantic_weight_scales_only_cold_items_semantic_half_in_scoring():
+    graph, _ = synthetic_content_graph()  # items 27-29 cold
+    kappa = 3.0
+    models = {}
+    for k in (1.0, kappa):
+        torch.manual_seed(0)
+        model = build_model(small_das(**CONTENT_CONCAT, cold_semantic_weight=k), graph)
+        model.on_train_epoch_start(0)
+        history = _train(model, graph, steps=10)
+        model.eval()
+        with torch.no_grad():
+            models[k] = (history, *model.embeddings())
+    # training never sees κ: the same losses, step by step
+    pd.testing.assert_frame_equal(models[1.0][0], models[kappa][0])
+    (_, users, items), (_, users_k, items_k) = models[1.0], models[kappa]
+    torch.testing.assert_close(users_k, users)
+    torch.testing.assert_close(items_k[:27], items[:27])  # warm items untouched
+    torch.testing.assert_close(items_k[27:, :16], items[27:, :16])  # collaborative half
+    torch.testing.assert_close(items_k[27:, 16:], kappa * items[27:, 16:])
+    assert items[27:, 16:].abs().sum() > 0
+    with pytest.raises(ValueError, match="cold_semantic_weight"):
+        small_das(cold_semantic_weight=2.0)  # add mode has no separate semantic half
+
+
+def test_das_popularity_weight_adds_ridge_prediction_from_semantic_ids():
+    from sklearn.linear_model import Ridge
+
+    graph, _ = synthetic_content_graph()  # items 27-29 cold
+    lam = 0.7
+    model = build_model(small_das(**CONTENT_CONCAT, popularity_weight=lam), graph)
+    model.on_train_epoch_start(0)
+    _train(model, graph, steps=10)
+    model.eval()
+    with torch.no_grad():
+        users, items = model.embeddings()
+        semantic = model.item_tower(None).quantized.numpy()
+    assert users.shape[1] == items.shape[1] == 16 + semantic.shape[1] + 1
+    np.testing.assert_allclose(users[:, -1].numpy(), lam)
+    # independent reference: scikit-learn's ridge on the warm items' codeword sums
+    counts = graph.item_counts()
+    warm = counts > 0
+    target = np.log1p(counts[warm])
+    target = (target - target.mean()) / target.std()
+    expected = Ridge(alpha=1.0).fit(semantic[warm], target).predict(semantic)
+    np.testing.assert_allclose(items[:, -1].numpy(), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="popularity_weight"):
+        small_das(popularity_weight=1.0)

@@ -123,3 +123,78 @@ def test_existing_run_with_other_config_is_refused(tmp_path, tiny_table):
     with pytest.raises(ConfigError, match="different config"):
         train_run(other)
     assert train_run(other, fresh=True).manifest()["embedding_dim"] == 8
+
+
+def _refit_config(tmp_path: Path, table: Path, name: str):
+    cfg = make_config(tmp_path, table, name)
+    cfg.trainer.max_epochs, cfg.trainer.patience = 6, 2
+    cfg.trainer.refit = True
+    return cfg
+
+
+def test_refit_trains_on_train_plus_valid_for_the_selected_epochs(tmp_path, tiny_table):
+    from recsys.data.dataset import load_dataset
+    from recsys.data.splits import TRAIN, VALID
+    from recsys.models import TrainingGraph, build_model
+    from recsys.models.base import frozen_embeddings
+
+    plain_cfg = _refit_config(tmp_path, tiny_table, "plain")
+    plain_cfg.trainer.refit = False
+    plain = train_run(plain_cfg)
+    cfg = _refit_config(tmp_path, tiny_table, "refit")
+    run = train_run(cfg)
+    metrics, reference = run.metrics(), plain.metrics()
+    best = reference["training"]["best_epoch"]
+    assert metrics["training"]["refit"]["epochs"] == best
+    # valid reports the model selected on valid, exactly as without refit ...
+    for key, value in reference["valid"].items():
+        assert metrics["valid"][key] == pytest.approx(value, abs=1e-9), key
+    np.testing.assert_allclose(
+        np.load(run.root / "embeddings" / "users_valid.npy"),
+        np.load(plain.root / "embeddings" / "users.npy"),
+        atol=1e-6,
+    )
+    # ... while test is scored with a model trained from scratch on train + valid: the
+    # saved vectors are those of that checkpoint loaded into a model built on that graph.
+    dataset = load_dataset(cfg.data)
+    known = np.isin(dataset.labels, (TRAIN, VALID))
+    graph = TrainingGraph(
+        dataset.n_users, dataset.n_items, dataset.users[known], dataset.items[known]
+    )
+    model = build_model(cfg.model, graph)
+    state = torch.load(
+        run.checkpoint_dir / "refit" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    import pandas as pd
+
+    curves = pd.read_csv(run.log_dir / "refit" / "metrics.csv")
+    assert sorted(curves["epoch"].dropna().unique().astype(int)) == list(range(best))
+    model.load_state_dict({k[len("model.") :]: v for k, v in state["state_dict"].items()})
+    user, item = frozen_embeddings(model)
+    np.testing.assert_allclose(np.load(run.root / "embeddings" / "users.npy"), user, atol=1e-6)
+    np.testing.assert_allclose(np.load(run.root / "embeddings" / "items.npy"), item, atol=1e-6)
+    assert not np.allclose(user.numpy(), np.load(plain.root / "embeddings" / "users.npy"))
+    again = evaluate_run(run, "test")
+    assert again["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-9)
+    assert again["ndcg@10"] != pytest.approx(reference["test"]["ndcg@10"], abs=1e-9)
+
+
+def test_interrupted_refit_resumes(tmp_path, tiny_table, monkeypatch):
+    reference = train_run(_refit_config(tmp_path, tiny_table, "ref")).metrics()
+    original = RecommenderModule.on_train_epoch_end
+
+    def crash(self):  # only in the refit phase, which runs without validation
+        if self.valid_truth is None and self.current_epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", crash, raising=False)
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
+        train_run(_refit_config(tmp_path, tiny_table, "crashy"))
+    run = RunFolder(tmp_path / "runs" / "crashy")
+    assert (run.checkpoint_dir / "refit" / "last.ckpt").exists()
+    assert not run.metrics_path.exists()
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", original, raising=False)
+    resumed = train_run(_refit_config(tmp_path, tiny_table, "crashy")).metrics()
+    for key, value in reference["test"].items():
+        assert resumed["test"][key] == pytest.approx(value, abs=1e-6), key

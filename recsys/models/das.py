@@ -27,7 +27,9 @@ item ``[w_i e_i^int + γ s_i ; w_i e_i^pop]`` with ``w_i = 0`` for an item witho
 training interactions: a cold item is scored from its semantic ID alone, never from an ID
 embedding. ``concat``: user ``[c_u ; γ s_u]``, item ``[c_i ; s_i]``, where ``c`` is
 LightGCN over (free user embeddings, ``w_i`` ID embedding + the item's per-level code and
-suffix embeddings) — the score is collaborative plus γ times semantic.
+suffix embeddings) — the score is collaborative plus γ times semantic; the semantic half
+of an item without training interactions is scaled by κ (``cold_semantic_weight``) when
+scoring.
 
 Variants: ``semantic_input: content`` quantizes the content vectors themselves (identity
 towers: the codeword sums live in content space and, with ``codebook_update: grad``, are
@@ -53,7 +55,7 @@ from torch import Tensor, nn
 
 from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
-from recsys.models.content import content_item_matrix
+from recsys.models.content import content_item_matrix, popularity_target
 from recsys.models.fusion import FusionConfig, ModalityFusion
 from recsys.models.losses import (
     bpr_loss,
@@ -174,6 +176,25 @@ class DASConfig(StrictModel):
         " history items' propagated collaborative vectors (FISM/SVD++-style, refreshed"
         " with the valid items when scoring test); 0: the ID embedding alone",
     )
+    cold_semantic_weight: float = Field(
+        default=1.0,
+        gt=0,
+        description="concat mode: κ; in scoring (not in training) the semantic half of an"
+        " item without training interactions (cold, or new at serving time) is scaled by"
+        " κ, so its score is c_u·c_i + κγ·s_u·s_i. A cold item's collaborative half is only"
+        " its code embeddings, learned on warm items, so its content (semantic) half may"
+        " deserve more weight than a warm item's; choose κ on a split whose valid items"
+        " are cold (cold-10)",
+    )
+    popularity_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="concat mode: λ; scoring adds λ·(popularity predicted from the item's"
+        " semantic ID), a ridge regression (α = 1) of standardised log training counts on"
+        " the semantic vectors (codeword sums) of items with training interactions, as"
+        " the content model's popularity term does from content. A cold or new item's"
+        " predicted popularity uses its semantic ID alone; not used in training",
+    )
     content_dim: int | None = Field(
         default=None,
         ge=1,
@@ -206,6 +227,10 @@ class DASConfig(StrictModel):
             self.semantic_combination != "concat" or self.semantic_weight <= 0
         ):
             raise ValueError("learn_semantic_weight needs concat and semantic_weight > 0")
+        for name in ("cold_semantic_weight", "popularity_weight"):
+            default = type(self).model_fields[name].default
+            if getattr(self, name) != default and self.semantic_combination != "concat":
+                raise ValueError(f"{name} needs semantic_combination: concat")
         if self.user_history_weight > 0 and self.semantic_combination != "concat":
             raise ValueError("user_history_weight needs semantic_combination: concat")
         if self.semantic_combination == "concat" and self.propagate_semantic:
@@ -592,6 +617,13 @@ class DualAlignedSemanticIDs(Recommender):
         nn.init.xavier_uniform_(self.item.weight)
         self.propagation = GraphPropagation(graph, config.layers)
         self.register_buffer("warm", warm_mask(graph) * config.item_id_weight)
+        # scoring only: κ on the semantic half of items without training interactions
+        cold = 1.0 - warm_mask(graph)
+        scale = 1.0 + (config.cold_semantic_weight - 1.0) * cold
+        self.register_buffer("item_semantic_scale", scale, persistent=False)
+        warm, target = popularity_target(graph.item_counts())
+        self.register_buffer("pop_warm", torch.as_tensor(warm), persistent=False)
+        self.register_buffer("pop_target", torch.as_tensor(target), persistent=False)
         self.register_buffer("item_pop", _standardized_log(graph.item_counts()))
         self.register_buffer("user_pop", _standardized_log(graph.user_counts()))
         self.pop_head = nn.Linear(max(config.pop_dim, 1), 1)
@@ -666,7 +698,17 @@ class DualAlignedSemanticIDs(Recommender):
         if self.concat:
             scored = self.user_tower is not None and not self.pool_history
             user_out = self.user_tower(None) if scored else None  # else unused here
-            users, items, _, _ = self._concat_vectors(self.item_tower(None), user_out)
+            item_out = self.item_tower(None)
+            users, items, _, _ = self._concat_vectors(item_out, user_out)
+            d = self.config.dim
+            items = torch.cat([items[:, :d], items[:, d:] * self.item_semantic_scale[:, None]], 1)
+            if self.config.popularity_weight > 0:  # [user ; λ] · [item ; predicted pop]
+                weights, bias = self.popularity_ridge(item_out.quantized)
+                pop = (item_out.quantized.double() @ weights + bias).to(items.dtype)
+                users = torch.cat(
+                    [users, users.new_full((len(users), 1), self.config.popularity_weight)], 1
+                )
+                items = torch.cat([items, pop[:, None]], 1)
             return users, items
         s_i = self.item_tower(None).quantized
         s_u = self.user_tower(None).quantized if self.user_tower is not None else None
@@ -677,6 +719,19 @@ class DualAlignedSemanticIDs(Recommender):
             )
         e_u, e_i = self.propagation(self.user.weight, self.item.weight)
         return self._final(e_u, s_u, None), self._final(e_i, s_i, self.warm)
+
+    @torch.no_grad()
+    def popularity_ridge(self, semantic: Tensor) -> tuple[Tensor, Tensor]:
+        """Ridge regression (α = 1, with intercept) of the standardised log training
+        count on the items' semantic vectors ``semantic (I, d)``, fitted on the items
+        with training interactions: float64 weights ``(d,)`` and intercept ``()``."""
+        x = semantic.double()[self.pop_warm]
+        y = self.pop_target.to(x)
+        x_mean, y_mean = x.mean(0), y.mean()
+        xc = x - x_mean
+        gram = xc.T @ xc + torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+        weights = torch.linalg.solve(gram, xc.T @ (y - y_mean))
+        return weights, y_mean - x_mean @ weights
 
     # ------------------------------------------------------------------------ losses
     def _sample_neighbor(self, ptr: Tensor, nbrs: Tensor, rows: Tensor) -> Tensor:
@@ -860,6 +915,11 @@ class DualAlignedSemanticIDs(Recommender):
         if self.item_code_emb is not None:
             for level, emb in enumerate(self.item_code_emb):
                 arrays[f"item_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
+        if self.concat and self.config.popularity_weight > 0:
+            with torch.no_grad():
+                weights, bias = self.popularity_ridge(self.item_tower(None).quantized)
+            arrays["popularity_weights"] = weights.cpu().numpy()
+            arrays["popularity_bias"] = np.array([float(bias)])
         for name, t in self._item_transforms.items():
             arrays[f"scale_{name}"] = np.array([t.scale])
             if t.components is not None:
@@ -888,6 +948,7 @@ class DualAlignedSemanticIDs(Recommender):
             "interest_dim": cfg.interest_dim,
             "pop_dim": cfg.pop_dim,
             "semantic_weight": self.semantic_weight(),
+            "cold_semantic_weight": cfg.cold_semantic_weight,
             "code_embeddings": cfg.code_embeddings,
             # a node without edges ends LightGCN's layer mean as ego / (layers + 1)
             "propagated_layers": cfg.layers if cfg.propagate_semantic else 0,

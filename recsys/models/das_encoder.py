@@ -7,9 +7,10 @@ embeddings) in eval mode → ``s_i`` and its codes (assigned with the codebooks 
 were when the IDs were frozen, if they were). Its final representation has no ID
 embedding (it has no interactions): ``[γ s_i ; 0]`` in ``add`` mode (divided by
 ``layers + 1`` when the model propagates semantic embeddings, as LightGCN's layer mean
-does for a node without edges); ``[Σ_l code_emb_l[c_l] / (layers + 1) ; s_i]`` in
-``concat`` mode. Its semantic ID is the tower's codes with suffix 0 (the serving layer
-disambiguates it against the catalogue).
+does for a node without edges); ``[Σ_l code_emb_l[c_l] / (layers + 1) ; κ s_i]`` in
+``concat`` mode (κ: ``cold_semantic_weight``), and, with ``popularity_weight``, the
+popularity the saved ridge predicts from ``s_i``. Its semantic ID is the tower's codes with
+suffix 0 (the serving layer disambiguates it against the catalogue).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class DASItemEncoder:
         self.semantic_part = bool(spec.get("semantic_part", True))
         self.layers = int(spec.get("layers", 0))
         self.semantic_weight = float(spec["semantic_weight"])
+        self.cold_semantic_weight = float(spec.get("cold_semantic_weight", 1.0))
+        self.popularity = None
+        if "popularity_weights" in arrays:
+            self.popularity = (arrays["popularity_weights"], float(arrays["popularity_bias"][0]))
         self.pop_dim = int(spec["pop_dim"])
         self.layer_mean = 1.0 / (int(spec.get("propagated_layers", 0)) + 1)
 
@@ -96,8 +101,14 @@ class DASItemEncoder:
             if self.code_tables:
                 c = sum(t[codes[:, level].numpy()] for level, t in enumerate(self.code_tables))
                 c = c / (self.layers + 1)
-            semantic = s.numpy() if self.semantic_part else np.zeros((len(codes), 0))
-            return np.concatenate([c, semantic], axis=1).astype(np.float32), sids
+            semantic = s.numpy() * self.cold_semantic_weight  # κ: a new item is cold
+            if not self.semantic_part:
+                semantic = np.zeros((len(codes), 0))
+            parts = [c, semantic]
+            if self.popularity is not None:  # the ridge prediction from the semantic ID
+                weights, bias = self.popularity
+                parts.append((s.double().numpy() @ weights + bias)[:, None])
+            return np.concatenate(parts, axis=1).astype(np.float32), sids
         final = torch.cat([self.semantic_weight * s, s.new_zeros(len(s), self.pop_dim)], dim=1)
         final = final * self.layer_mean
         return final.numpy().astype(np.float32), sids

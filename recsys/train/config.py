@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from recsys.config import StrictModel, apply_overrides, load_yaml, validate
 from recsys.data.dataset import DataConfig
@@ -27,6 +27,14 @@ class TrainerConfig(StrictModel):
     progress_bar: bool = True
     monitor: str = "ndcg@10"
     deterministic: bool = True
+    refit: bool = Field(
+        default=False,
+        description="after early stopping on valid, train the same config again from"
+        " scratch on train + valid for the selected number of epochs (no validation) and"
+        " score test, export and serve with that model; valid metrics stay those of the"
+        " selected model. For chronological splits, where the valid interactions are the"
+        " most recent known ones",
+    )
 
 
 class EvalConfig(StrictModel):

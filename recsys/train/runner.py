@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -83,6 +85,32 @@ def prepare_run_folder(config: RunConfig, fresh: bool) -> tuple[RunFolder, Path 
     return run, (last if last.exists() else None)
 
 
+def lightning_trainer(
+    config: RunConfig,
+    run: RunFolder,
+    max_epochs: int,
+    callbacks: list[Callback],
+    log_version: str,
+    **options: Any,
+) -> L.Trainer:
+    """The Lightning trainer both training phases use (logs under ``logs/<version>``)."""
+    tc = config.trainer
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        deterministic=tc.deterministic,
+        callbacks=callbacks,
+        logger=CSVLogger(run.root, name="logs", version=log_version),
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        **options,
+    )
+
+
 def fit(
     model: Recommender,
     dataset: SplitDataset,
@@ -117,19 +145,13 @@ def fit(
         enable_version_counter=False,
     )
     clock = EpochClock()
-    trainer = L.Trainer(
-        max_epochs=tc.max_epochs,
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        deterministic=tc.deterministic,
-        callbacks=[checkpoint, EarlyStopping(monitor, patience=tc.patience, mode="max"), clock],
-        logger=CSVLogger(run.root, name="logs", version=""),
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=False,
+    trainer = lightning_trainer(
+        config,
+        run,
+        tc.max_epochs,
+        [checkpoint, EarlyStopping(monitor, patience=tc.patience, mode="max"), clock],
+        log_version="",
         check_val_every_n_epoch=tc.check_val_every_n_epoch,
-        reload_dataloaders_every_n_epochs=1,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
     )
     # CSVLogger deletes an existing metrics.csv: keep the interrupted run's curves.
     log_file = run.log_dir / "metrics.csv"
@@ -155,6 +177,33 @@ def fit(
         "seconds_to_best": round(clock.times[best_epoch], 2) if best_epoch in clock.times else None,
         "resumed": resume is not None,
     }
+
+
+def refit(
+    config: RunConfig, dataset: SplitDataset, run: RunFolder, graph: TrainingGraph, epochs: int
+) -> tuple[Recommender, dict[str, Any]]:
+    """Train ``config``'s model again from scratch (same seed) on train + valid for
+    ``epochs`` epochs, without validation (``trainer.refit``). Checkpoints go to
+    ``checkpoints/refit/``, so that an interrupted refit resumes from its last epoch."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    known = np.isin(dataset.labels, (TRAIN, VALID))
+    users, items = dataset.users[known], dataset.items[known]  # per-user chronological
+    model = build_model(
+        config.model, dataclasses.replace(graph, train_users=users, train_items=items)
+    )
+    tc = config.trainer
+    module = RecommenderModule(model, tc.lr, tc.weight_decay, None, None, None, (), 1)
+    folder = run.checkpoint_dir / "refit"
+    last = folder / "last.ckpt"
+    # no monitor: every epoch overwrites refit/last.ckpt
+    every_epoch = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+    trainer = lightning_trainer(
+        config, run, epochs, [every_epoch], log_version="refit", limit_val_batches=0
+    )
+    datamodule = InteractionDataModule(users, items, dataset.n_items, tc.sampling, config.seed)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    return model, {"epochs": epochs, "train_seconds": round(time.perf_counter() - start, 2)}
 
 
 def evaluate_embeddings(vectors, dataset: SplitDataset, config: RunConfig) -> dict[str, Any]:
@@ -284,13 +333,23 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     graph.item_codes = borrowed_codes
     model = build_model(config.model, graph)
     training: dict[str, Any] = {"epochs": 0, "train_seconds": 0.0}
-    if model.trainable:
+    selected = run.checkpoint_dir / "selected.json"  # written once early stopping is done
+    if model.trainable and resume is not None and selected.exists():
+        # the first phase had finished (a crash during the refit): its best weights
+        training = json.loads(selected.read_text())
+        state = torch.load(run.checkpoint_dir / "best.ckpt", map_location="cpu", weights_only=True)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    elif model.trainable:
         training = fit(model, dataset, config, run, resume)
+        atomic_write_text(selected, json.dumps(training))
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
     user, item = valid_user, valid_item
     user_for_valid = item_for_valid = None
     known = np.isin(dataset.labels, (TRAIN, VALID))
-    if model.use_history(dataset.users[known], dataset.items[known]):
+    refitted = config.trainer.refit and model.trainable and bool((dataset.labels == VALID).any())
+    if refitted:  # test, export and serving use the model trained on train + valid
+        model, training["refit"] = refit(config, dataset, run, graph, training["best_epoch"])
+    if model.use_history(dataset.users[known], dataset.items[known]) or refitted:
         user, item = frozen_embeddings(model)
         user_for_valid = valid_user.numpy()
         # Propagation can mix user state into items: keep valid's items when they moved.

@@ -1,0 +1,61 @@
+"""bench/das_cold_scoring.py reads from one run's saved valid vectors what a DAS run
+trained with other cold-scoring knobs (κ, λ) reports on valid."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+N_ITEMS = 60
+QUANT = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "codebook_update": "grad"}
+
+
+def _grid():
+    spec = importlib.util.spec_from_file_location("das_cold_scoring", BENCH / "das_cold_scoring.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.cold_scoring_grid
+
+
+def _run(root: Path, kappa: float, lam: float):
+    from conftest import synthetic_interactions, train_table_run
+
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N_ITEMS)],
+            "genres": [["Action", "Comedy", "Drama", "Horror"][i % 4] for i in range(N_ITEMS)],
+            "length": [90.0 + (i * 7) % 40 for i in range(N_ITEMS)],
+        }
+    )
+    root.mkdir()
+    return train_table_run(
+        root,
+        synthetic_interactions(n_users=60, n_items=N_ITEMS),
+        items,
+        model={
+            "kind": "das", "dim": 12, "pop_dim": 0, "semantic_input": "content",
+            "semantic_combination": "concat", "user_semantic": "history",
+            "freeze_sids_epoch": 0, "item_quantizer": QUANT, "user_quantizer": QUANT,
+            "cold_semantic_weight": kappa, "popularity_weight": lam,
+        },
+        features={"tabular": {"categorical": ["genres"], "numeric": ["length"]}},
+        split="cold-10",
+        trainer={"max_epochs": 1, "num_threads": 1},  # one epoch: the knobs pick nothing
+    )  # fmt: skip
+
+
+def test_grid_reproduces_a_run_trained_with_those_knobs(tmp_path):
+    plain = _run(tmp_path / "plain", 1.0, 0.0)
+    tuned = _run(tmp_path / "tuned", 3.0, 0.5)
+    grid = _grid()
+    for source, target, knobs in ((plain, tuned, (3.0, 0.5)), (tuned, plain, (1.0, 0.0))):
+        (row,) = grid(source, [knobs[0]], [knobs[1]])
+        expected = target.metrics()["valid"]
+        assert row["valid_ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-4)
+        assert row["valid_recall@20"] == pytest.approx(expected["recall@20"], abs=1e-4)
+    plain_valid = plain.metrics()["valid"]["ndcg@10"]
+    assert tuned.metrics()["valid"]["ndcg@10"] != pytest.approx(plain_valid, abs=1e-6)
