@@ -26,19 +26,7 @@ import torch
 from recsys.artifacts import RunFolder
 from recsys.data.splits import TRAIN
 from recsys.eval.bundle import evaluate_scores
-
-
-def ridge_popularity(semantic: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``(I,)``: ridge (α = 1, intercept) prediction of the standardised log count from
-    ``semantic (I, d)``, fitted on the items with ``counts > 0``."""
-    warm = counts > 0
-    y = np.log1p(counts[warm])
-    y = (y - y.mean()) / max(y.std(), 1e-8)
-    x = semantic[warm].astype(np.float64)
-    x_mean = x.mean(0)
-    xc = x - x_mean
-    weights = np.linalg.solve(xc.T @ xc + np.eye(x.shape[1]), xc.T @ (y - y.mean()))
-    return semantic.astype(np.float64) @ weights + (y.mean() - x_mean @ weights)
+from recsys.models.content import popularity_regressor
 
 
 def cold_scoring_grid(
@@ -61,7 +49,8 @@ def cold_scoring_grid(
     semantic[cold] /= float(model.get("cold_semantic_weight", 1.0))  # the unscaled s_i
     collaborative = users[:, :dim] @ items[:, :dim].T  # (U, I)
     similarity = users[:, dim:end] @ semantic.T
-    popularity = torch.from_numpy(ridge_popularity(semantic.numpy(), counts))
+    ridge = popularity_regressor(semantic.numpy(), counts)  # as the model fits it
+    popularity = torch.from_numpy(ridge.predict(semantic.numpy()))
     rows = []
     for kappa in kappas:
         scale = torch.where(cold, kappa, 1.0)

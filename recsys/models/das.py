@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
-from recsys.models.content import content_item_matrix, popularity_target
+from recsys.models.content import content_item_matrix, popularity_regressor
 from recsys.models.fusion import FusionConfig, ModalityFusion
 from recsys.models.losses import (
     bpr_loss,
@@ -621,9 +621,7 @@ class DualAlignedSemanticIDs(Recommender):
         cold = 1.0 - warm_mask(graph)
         scale = 1.0 + (config.cold_semantic_weight - 1.0) * cold
         self.register_buffer("item_semantic_scale", scale, persistent=False)
-        warm, target = popularity_target(graph.item_counts())
-        self.register_buffer("pop_warm", torch.as_tensor(warm), persistent=False)
-        self.register_buffer("pop_target", torch.as_tensor(target), persistent=False)
+        self._item_counts = graph.item_counts()  # the popularity term's regression target
         self.register_buffer("item_pop", _standardized_log(graph.item_counts()))
         self.register_buffer("user_pop", _standardized_log(graph.user_counts()))
         self.pop_head = nn.Linear(max(config.pop_dim, 1), 1)
@@ -703,8 +701,9 @@ class DualAlignedSemanticIDs(Recommender):
             d = self.config.dim
             items = torch.cat([items[:, :d], items[:, d:] * self.item_semantic_scale[:, None]], 1)
             if self.config.popularity_weight > 0:  # [user ; λ] · [item ; predicted pop]
-                weights, bias = self.popularity_ridge(item_out.quantized)
-                pop = (item_out.quantized.double() @ weights + bias).to(items.dtype)
+                semantic = item_out.quantized.cpu().numpy()
+                pop = torch.as_tensor(self.popularity_ridge(semantic).predict(semantic))
+                pop = pop.to(items)
                 users = torch.cat(
                     [users, users.new_full((len(users), 1), self.config.popularity_weight)], 1
                 )
@@ -720,18 +719,11 @@ class DualAlignedSemanticIDs(Recommender):
         e_u, e_i = self.propagation(self.user.weight, self.item.weight)
         return self._final(e_u, s_u, None), self._final(e_i, s_i, self.warm)
 
-    @torch.no_grad()
-    def popularity_ridge(self, semantic: Tensor) -> tuple[Tensor, Tensor]:
-        """Ridge regression (α = 1, with intercept) of the standardised log training
-        count on the items' semantic vectors ``semantic (I, d)``, fitted on the items
-        with training interactions: float64 weights ``(d,)`` and intercept ``()``."""
-        x = semantic.double()[self.pop_warm]
-        y = self.pop_target.to(x)
-        x_mean, y_mean = x.mean(0), y.mean()
-        xc = x - x_mean
-        gram = xc.T @ xc + torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        weights = torch.linalg.solve(gram, xc.T @ (y - y_mean))
-        return weights, y_mean - x_mean @ weights
+    def popularity_ridge(self, semantic: np.ndarray):
+        """The content model's popularity regressor (ridge, α = 1, on the warm items'
+        standardised log training counts) fitted on the items' semantic vectors
+        ``semantic (I, d)`` — their semantic-ID codeword sums."""
+        return popularity_regressor(semantic, self._item_counts)
 
     # ------------------------------------------------------------------------ losses
     def _sample_neighbor(self, ptr: Tensor, nbrs: Tensor, rows: Tensor) -> Tensor:
@@ -917,9 +909,9 @@ class DualAlignedSemanticIDs(Recommender):
                 arrays[f"item_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
         if self.concat and self.config.popularity_weight > 0:
             with torch.no_grad():
-                weights, bias = self.popularity_ridge(self.item_tower(None).quantized)
-            arrays["popularity_weights"] = weights.cpu().numpy()
-            arrays["popularity_bias"] = np.array([float(bias)])
+                ridge = self.popularity_ridge(self.item_tower(None).quantized.cpu().numpy())
+            arrays["popularity_weights"] = ridge.coef_
+            arrays["popularity_bias"] = np.array([ridge.intercept_])
         for name, t in self._item_transforms.items():
             arrays[f"scale_{name}"] = np.array([t.scale])
             if t.components is not None:

@@ -101,10 +101,9 @@ class DASItemEncoder:
             if self.code_tables:
                 c = sum(t[codes[:, level].numpy()] for level, t in enumerate(self.code_tables))
                 c = c / (self.layers + 1)
-            semantic = s.numpy() * self.cold_semantic_weight  # κ: a new item is cold
-            if not self.semantic_part:
-                semantic = np.zeros((len(codes), 0))
-            parts = [c, semantic]
+            # κ on the semantic half: a new item has no training interactions
+            semantic = s.numpy() * self.cold_semantic_weight if self.semantic_part else None
+            parts = [c] if semantic is None else [c, semantic]
             if self.popularity is not None:  # the ridge prediction from the semantic ID
                 weights, bias = self.popularity
                 parts.append((s.double().numpy() @ weights + bias)[:, None])

@@ -111,6 +111,13 @@ def lightning_trainer(
     )
 
 
+def load_checkpoint_weights(model: Recommender, path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint's model weights into ``model``; returns the checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    return state
+
+
 def fit(
     model: Recommender,
     dataset: SplitDataset,
@@ -164,8 +171,7 @@ def fit(
         earlier = earlier[earlier["epoch"] < later["epoch"].min()]
         atomic_write_text(log_file, pd.concat([earlier, later]).to_csv(index=False))
     best_path = checkpoint.best_model_path or str(run.checkpoint_dir / "best.ckpt")
-    state = torch.load(best_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
+    state = load_checkpoint_weights(model, best_path)
     best_epoch = int(state["epoch"])
     return {
         "epochs": trainer.current_epoch,
@@ -180,14 +186,19 @@ def fit(
 
 
 def refit(
-    config: RunConfig, dataset: SplitDataset, run: RunFolder, graph: TrainingGraph, epochs: int
+    config: RunConfig,
+    run: RunFolder,
+    graph: TrainingGraph,
+    users: np.ndarray,
+    items: np.ndarray,
+    epochs: int,
 ) -> tuple[Recommender, dict[str, Any]]:
-    """Train ``config``'s model again from scratch (same seed) on train + valid for
-    ``epochs`` epochs, without validation (``trainer.refit``). Checkpoints go to
-    ``checkpoints/refit/``, so that an interrupted refit resumes from its last epoch."""
+    """Train ``config``'s model again from scratch (same seed) on the train + valid pairs
+    ``users, items`` (per-user chronological) for ``epochs`` epochs, without validation
+    (``trainer.refit``); ``graph``: the first phase's, for everything but the pairs.
+    Checkpoints go to ``checkpoints/refit/``, so that an interrupted refit resumes from
+    its last epoch."""
     L.seed_everything(config.seed, workers=True, verbose=False)
-    known = np.isin(dataset.labels, (TRAIN, VALID))
-    users, items = dataset.users[known], dataset.items[known]  # per-user chronological
     model = build_model(
         config.model, dataclasses.replace(graph, train_users=users, train_items=items)
     )
@@ -200,7 +211,7 @@ def refit(
     trainer = lightning_trainer(
         config, run, epochs, [every_epoch], log_version="refit", limit_val_batches=0
     )
-    datamodule = InteractionDataModule(users, items, dataset.n_items, tc.sampling, config.seed)
+    datamodule = InteractionDataModule(users, items, graph.n_items, tc.sampling, config.seed)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     return model, {"epochs": epochs, "train_seconds": round(time.perf_counter() - start, 2)}
@@ -337,8 +348,7 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     if model.trainable and resume is not None and selected.exists():
         # the first phase had finished (a crash during the refit): its best weights
         training = json.loads(selected.read_text())
-        state = torch.load(run.checkpoint_dir / "best.ckpt", map_location="cpu", weights_only=True)
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+        load_checkpoint_weights(model, run.checkpoint_dir / "best.ckpt")
     elif model.trainable:
         training = fit(model, dataset, config, run, resume)
         atomic_write_text(selected, json.dumps(training))
@@ -346,10 +356,13 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
     user, item = valid_user, valid_item
     user_for_valid = item_for_valid = None
     known = np.isin(dataset.labels, (TRAIN, VALID))
+    known_users, known_items = dataset.users[known], dataset.items[known]
     refitted = config.trainer.refit and model.trainable and bool((dataset.labels == VALID).any())
     if refitted:  # test, export and serving use the model trained on train + valid
-        model, training["refit"] = refit(config, dataset, run, graph, training["best_epoch"])
-    if model.use_history(dataset.users[known], dataset.items[known]) or refitted:
+        model, training["refit"] = refit(
+            config, run, graph, known_users, known_items, training["best_epoch"]
+        )
+    if model.use_history(known_users, known_items) or refitted:
         user, item = frozen_embeddings(model)
         user_for_valid = valid_user.numpy()
         # Propagation can mix user state into items: keep valid's items when they moved.
