@@ -43,6 +43,7 @@ def run(tmp_path_factory) -> RunFolder:
             "dim": 8,
             "content_projection": True,
             "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
+            "transition_dim": 3,  # ID-based: a cold or new item's block is zeros
         },
         features={"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
         split="cold-10",
@@ -106,6 +107,7 @@ CONTENT_CONCAT = {
             "content_dim": 3,
             "cold_semantic_weight": 3.0,
             "popularity_weight": 0.5,
+            "transition_dim": 3,
         },
     ],
     ids=["joint", "frozen", "content-concat", "content-pca"],

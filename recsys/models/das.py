@@ -29,7 +29,9 @@ embedding. ``concat``: user ``[c_u ; γ s_u]``, item ``[c_i ; s_i]``, where ``c`
 LightGCN over (free user embeddings, ``w_i`` ID embedding + the item's per-level code and
 suffix embeddings) — the score is collaborative plus γ times semantic; the semantic half
 of an item without training interactions is scaled by κ (``cold_semantic_weight``) when
-scoring.
+scoring. With ``transition_dim`` both get a next-item block appended
+(:mod:`recsys.models.transition`: the user's last items → the item, trained on each
+pair's preceding items; ID-based, zeros for items without training interactions).
 
 Variants: ``semantic_input: content`` quantizes the content vectors themselves (identity
 towers: the codeword sums live in content space and, with ``codebook_update: grad``, are
@@ -72,6 +74,12 @@ from recsys.models.quantizer import (
 )
 from recsys.models.quantizer.core import QuantizerOutput, pairwise_sq_dists
 from recsys.models.semantic import GraphPropagation, semantic_id_table, warm_mask
+from recsys.models.transition import (
+    TransitionFields,
+    batch_with_transition,
+    transition_block,
+    with_transition,
+)
 
 
 class LossWeights(StrictModel):
@@ -85,7 +93,7 @@ class LossWeights(StrictModel):
     reg: float = 1e-5
 
 
-class DASConfig(StrictModel):
+class DASConfig(TransitionFields):
     kind: Literal["das"] = "das"
     dim: int = 64
     pop_dim: int = Field(default=16, ge=0, description="conformity-factor columns of dim")
@@ -231,8 +239,9 @@ class DASConfig(StrictModel):
             default = type(self).model_fields[name].default
             if getattr(self, name) != default and self.semantic_combination != "concat":
                 raise ValueError(f"{name} needs semantic_combination: concat")
-        if self.user_history_weight > 0 and self.semantic_combination != "concat":
-            raise ValueError("user_history_weight needs semantic_combination: concat")
+        for name in ("user_history_weight", "transition_dim"):
+            if getattr(self, name) > 0 and self.semantic_combination != "concat":
+                raise ValueError(f"{name} needs semantic_combination: concat")
         if self.semantic_combination == "concat" and self.propagate_semantic:
             raise ValueError(
                 "semantic_combination: concat propagates the code embeddings"
@@ -586,6 +595,7 @@ class DualAlignedSemanticIDs(Recommender):
         if self.history_pooled:
             pooling = history_pooling(graph, config.history_decay)
             self.register_buffer("history_pool", pooling, persistent=False)
+        self.transition = transition_block(config, graph)  # concat only (validated)
         # concat: the collaborative item embedding holds the semantic ID's code embeddings
         self.item_code_emb = None
         if self.concat and config.code_embeddings:
@@ -651,8 +661,10 @@ class DualAlignedSemanticIDs(Recommender):
         if self.history_pooled:
             pooling = history_pooling(graph, self.config.history_decay)
             self.history_pool = pooling.to(self.history_pool.device)
+        if self.transition is not None:
+            self.transition.use_history(graph)
         if self.user_tower is None:
-            return self.history_pooled
+            return self.history_pooled or self.transition is not None
         self.user_tower.set_inputs(
             history_means(self._item_blocks, graph, self.config.history_decay)
         )
@@ -700,6 +712,7 @@ class DualAlignedSemanticIDs(Recommender):
             users, items, _, _ = self._concat_vectors(item_out, user_out)
             d = self.config.dim
             items = torch.cat([items[:, :d], items[:, d:] * self.item_semantic_scale[:, None]], 1)
+            users, items = with_transition(self.transition, users, items)
             if self.config.popularity_weight > 0:  # [user ; λ] · [item ; predicted pop]
                 semantic = item_out.quantized.cpu().numpy()
                 pop = torch.as_tensor(self.popularity_ridge(semantic).predict(semantic))
@@ -752,8 +765,12 @@ class DualAlignedSemanticIDs(Recommender):
             if user_out is not None:
                 s_u = self.align_user(user_out.quantized)[users]
                 terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+            # the pair's preceding items → its item
+            u_final, p_final, n_final, reg = batch_with_transition(
+                self.transition, batch, u_final, p_final, n_final
+            )
             terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final)
-            terms["reg_loss"] = l2_penalty(self.user.weight[users], ego[pos], ego[neg])
+            terms["reg_loss"] = l2_penalty(self.user.weight[users], ego[pos], ego[neg], *reg)
             return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, s_all)
         e_u_all, e_i_all = self.propagation(self.user.weight, self.item.weight)
         e_u, e_p, e_n = e_u_all[users], e_i_all[pos], e_i_all[neg]
@@ -941,6 +958,7 @@ class DualAlignedSemanticIDs(Recommender):
             "pop_dim": cfg.pop_dim,
             "semantic_weight": self.semantic_weight(),
             "cold_semantic_weight": cfg.cold_semantic_weight,
+            "transition_dim": cfg.transition_dim if self.transition is not None else 0,
             "code_embeddings": cfg.code_embeddings,
             # a node without edges ends LightGCN's layer mean as ego / (layers + 1)
             "propagated_layers": cfg.layers if cfg.propagate_semantic else 0,

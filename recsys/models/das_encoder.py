@@ -8,8 +8,9 @@ were when the IDs were frozen, if they were). Its final representation has no ID
 embedding (it has no interactions): ``[γ s_i ; 0]`` in ``add`` mode (divided by
 ``layers + 1`` when the model propagates semantic embeddings, as LightGCN's layer mean
 does for a node without edges); ``[Σ_l code_emb_l[c_l] / (layers + 1) ; κ s_i]`` in
-``concat`` mode (κ: ``cold_semantic_weight``), and, with ``popularity_weight``, the
-popularity the saved ridge predicts from ``s_i``. Its semantic ID is the tower's codes with
+``concat`` mode (κ: ``cold_semantic_weight``), then zeros for a next-item transition
+block (ID-based) and, with ``popularity_weight``, the popularity the saved ridge predicts
+from ``s_i``. Its semantic ID is the tower's codes with
 suffix 0 (the serving layer disambiguates it against the catalogue).
 """
 
@@ -72,6 +73,7 @@ class DASItemEncoder:
         if "popularity_weights" in arrays:
             self.popularity = (arrays["popularity_weights"], float(arrays["popularity_bias"][0]))
         self.pop_dim = int(spec["pop_dim"])
+        self.transition_dim = int(spec.get("transition_dim", 0))
         self.layer_mean = 1.0 / (int(spec.get("propagated_layers", 0)) + 1)
 
     def encode(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +106,8 @@ class DASItemEncoder:
             # κ on the semantic half: a new item has no training interactions
             semantic = s.numpy() * self.cold_semantic_weight if self.semantic_part else None
             parts = [c] if semantic is None else [c, semantic]
+            if self.transition_dim:  # ID-based next-item block: 0 for a new item
+                parts.append(np.zeros((len(codes), self.transition_dim)))
             if self.popularity is not None:  # the ridge prediction from the semantic ID
                 weights, bias = self.popularity
                 parts.append((s.double().numpy() @ weights + bias)[:, None])

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from torch import Tensor, nn
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
 from recsys.models.base import Recommender, TrainingGraph, register_model
 from recsys.models.graph import SymmetricLGConv, normalized_adjacency
 from recsys.models.mf import PairwiseConfig, pairwise_loss
+from recsys.models.transition import (
+    TransitionFields,
+    batch_with_transition,
+    transition_block,
+    with_transition,
+)
 
 
-class LightGCNConfig(PairwiseConfig):
+class LightGCNConfig(PairwiseConfig, TransitionFields):
     kind: Literal["lightgcn"] = "lightgcn"
     layers: int = 2
 
@@ -37,6 +44,7 @@ class LightGCN(Recommender):
         )
         # Not a buffer: it is derived from the data, and sparse CSR does not serialise.
         self.adj = adj
+        self.transition = transition_block(config, graph)
 
     def _apply(self, fn, recurse=True):  # keep the adjacency on the model's device
         super()._apply(fn, recurse)
@@ -48,7 +56,14 @@ class LightGCN(Recommender):
         return out[: self.n_users], out[self.n_users :]
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.propagate()
+        return with_transition(self.transition, *self.propagate())
+
+    def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
+        if self.transition is None:
+            return False
+        graph = TrainingGraph(self.n_users, self.transition.n_items, users, items)
+        self.transition.use_history(graph)
+        return True
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         users_all, items_all = self.propagate()
@@ -61,4 +76,5 @@ class LightGCN(Recommender):
             neg = batch["neg_items"]
             n = items_all[neg]
             reg_terms.append(ego[neg.flatten() + self.n_users])
-        return pairwise_loss(self.config, u, p, n, reg_terms)  # type: ignore[arg-type]
+        u, p, n, reg = batch_with_transition(self.transition, batch, u, p, n)
+        return pairwise_loss(self.config, u, p, n, reg_terms + reg)  # type: ignore[arg-type]

@@ -23,9 +23,15 @@ from recsys.models.content import content_item_matrix
 from recsys.models.mf import PairwiseConfig, pairwise_loss
 from recsys.models.quantizer import QuantizerConfig, build_quantizer
 from recsys.models.semantic import GraphPropagation, semantic_id_table
+from recsys.models.transition import (
+    TransitionFields,
+    batch_with_transition,
+    transition_block,
+    with_transition,
+)
 
 
-class TwoStageConfig(PairwiseConfig):
+class TwoStageConfig(PairwiseConfig, TransitionFields):
     kind: Literal["two_stage"] = "two_stage"
     layers: int = 2
     reg: float = 1e-5
@@ -82,6 +88,8 @@ class TwoStageSemanticIDs(Recommender):
             self.register_buffer("content", torch.as_tensor(content, dtype=torch.float32))
             self.projection = nn.Linear(content.shape[1], config.dim, bias=False)
         self.propagation = GraphPropagation(graph, config.layers)
+        self.n_users, self.n_items = graph.n_users, graph.n_items
+        self.transition = transition_block(config, graph)
 
     def item_ego(self) -> Tensor:
         """``(n_items, dim)``: Σ_l code_emb_l[c_l] + suffix_emb[suffix] (+ W·content)."""
@@ -93,7 +101,14 @@ class TwoStageSemanticIDs(Recommender):
         return out
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.propagation(self.user.weight, self.item_ego())
+        users, items = self.propagation(self.user.weight, self.item_ego())
+        return with_transition(self.transition, users, items)
+
+    def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
+        if self.transition is None:
+            return False
+        self.transition.use_history(TrainingGraph(self.n_users, self.n_items, users, items))
+        return True
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         ego_items = self.item_ego()
@@ -104,7 +119,10 @@ class TwoStageSemanticIDs(Recommender):
         if "neg_items" in batch:
             neg_emb = items_all[batch["neg_items"]]
             reg_terms.append(ego_items[batch["neg_items"].flatten()])
-        return pairwise_loss(self.config, users_all[users], items_all[pos], neg_emb, reg_terms)  # type: ignore[arg-type]
+        u, p, n, reg = batch_with_transition(
+            self.transition, batch, users_all[users], items_all[pos], neg_emb
+        )
+        return pairwise_loss(self.config, u, p, n, reg_terms + reg)  # type: ignore[arg-type]
 
     def semantic_ids(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         return {"items": (self.sids.cpu().numpy(), self.sid_stats)}
@@ -132,5 +150,6 @@ class TwoStageSemanticIDs(Recommender):
             "modality_weights": self.config.modality_weights,
             "layers": self.config.layers,
             "levels": self.config.quantizer.levels,
+            "transition_dim": self.config.transition_dim,
         }
         (folder / "encoder.json").write_text(json.dumps(spec, indent=2))

@@ -4,7 +4,8 @@ A new item gets its semantic ID from the frozen quantizer applied to its content
 and the embedding a cold item gets in training: the sum of its per-level code embeddings,
 the suffix-0 embedding (the one every item without a collision uses) and, when the model
 has it, the content projection; then LightGCN's layer mean, which for a node without
-edges divides the ego embedding by ``layers + 1``.  The semantic ID is returned with
+edges divides the ego embedding by ``layers + 1`` (then zeros for a next-item transition
+block, which is ID-based).  The semantic ID is returned with
 suffix 0; the serving layer disambiguates it against the catalogue.
 """
 
@@ -31,6 +32,7 @@ class TwoStageItemEncoder:
         self.suffix = arrays["suffix_emb_0"]
         self.projection = arrays["projection"] if "projection" in arrays else None
         self.layers = int(spec["layers"])
+        self.transition_dim = int(spec.get("transition_dim", 0))
 
     def encode(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """items → ``(N, dim)`` float32 embeddings, ``(N, levels + 1)`` semantic IDs."""
@@ -42,7 +44,10 @@ class TwoStageItemEncoder:
         if self.projection is not None:
             ego += x @ self.projection.T
         sids = np.concatenate([codes, np.zeros((len(x), 1), dtype=codes.dtype)], axis=1)
-        return (ego / (self.layers + 1)).astype(np.float32), sids.astype(np.int64)
+        # the next-item transition block is ID-based: zeros for a new item
+        zeros = np.zeros((len(x), self.transition_dim))
+        final = np.concatenate([ego / (self.layers + 1), zeros], axis=1)
+        return final.astype(np.float32), sids.astype(np.int64)
 
 
 @register_item_encoder("two_stage")

@@ -1,0 +1,185 @@
+"""A next-item transition block (FPMC / Fossil-style) for models scored by a dot product.
+
+A user's query gets ``t_u = Σ_k w_k P[j_k]`` over the last ``window`` items ``j_0, j_1, …``
+of their history (``w_k ∝ decay^k``, most recent first, normalised to sum to 1) and an
+item gets ``Q[i]``: ``t_u · Q_i`` scores "what follows these items", which a symmetric
+history term (``Σ_k w_k c_{j_k} · c_i``) cannot express. Trained the way it is used: a
+training pair's context is the items its user had **before** it (never the item itself
+or later ones), and scoring uses the items before the held-out one (the whole training
+history, or train + valid when test is scored). ``P`` and ``Q`` are ID embeddings, so an
+item without training interactions contributes nothing on either side (its rows are
+masked), and a cold item's transition score is 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from recsys.config import StrictModel
+from recsys.models.base import TrainingGraph
+
+
+class TransitionFields(StrictModel):
+    """The block's settings, shared by the configs of the models that can carry it."""
+
+    transition_dim: int = Field(
+        default=0,
+        ge=0,
+        description="width of a next-item transition block (FPMC-style,"
+        " recsys.models.transition): the user's query adds the decayed mean of source"
+        " embeddings of their last transition_window items, the item its target"
+        " embedding, trained on each pair's preceding items; ID-based, so 0 for items"
+        " without training interactions. 0: no block",
+    )
+    transition_window: int = Field(default=20, ge=1, description="items in that context")
+    transition_decay: float = Field(
+        default=0.5, gt=0, le=1, description="recency weight decay^k within that context"
+    )
+
+
+def preceding_items(
+    users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, window: int, decay: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Contexts from pairs in per-user chronological order (``users, items (E,)``).
+
+    Returns ``pair_items (E, window)``, ``pair_weights (E, window)``: the items each pair's
+    user had before it, most recent first (pad ``n_items``), weights ``decay^k``
+    normalised per row (all 0 for a user's first pair); ``user_items (U, window)``,
+    ``user_weights (U, window)``: the same for each user's next, unseen item.
+    """
+    order = np.argsort(users, kind="stable")
+    sorted_users, sorted_items = users[order], items[order]
+    counts = np.bincount(users, minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(len(order)) - starts[sorted_users]  # t: the pair's rank in time
+    k = np.arange(window)
+
+    def gather(end: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``window`` items before sorted index ``end`` (exclusive), of which
+        ``available`` exist."""
+        valid = k[None, :] < available[:, None]
+        index = np.clip(end[:, None] - 1 - k[None, :], 0, max(len(order) - 1, 0))
+        picked = np.where(valid, sorted_items[index] if len(order) else n_items, n_items)
+        weights = np.where(valid, float(decay) ** k[None, :], 0.0)
+        mass = weights.sum(axis=1, keepdims=True)
+        weights = np.divide(weights, mass, out=np.zeros_like(weights), where=mass > 0)
+        return picked.astype(np.int64), weights.astype(np.float32)
+
+    pair_items, pair_weights = gather(np.arange(len(order)), position)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    user_items, user_weights = gather(starts + counts, counts)
+    return pair_items[inverse], pair_weights[inverse], user_items, user_weights
+
+
+class TransitionBlock(nn.Module):
+    """``P``/``Q`` item tables of width ``dim`` and the contexts that index them."""
+
+    def __init__(self, graph: TrainingGraph, dim: int, window: int, decay: float) -> None:
+        super().__init__()
+        self.n_items, self.window, self.decay = graph.n_items, window, decay
+        # row n_items: the padding "item" of short contexts, always zero
+        self.source = nn.Embedding(graph.n_items + 1, dim, padding_idx=graph.n_items)
+        self.target = nn.Embedding(graph.n_items, dim)
+        nn.init.xavier_uniform_(self.target.weight)
+        with torch.no_grad():
+            nn.init.xavier_uniform_(self.source.weight)
+            self.source.weight[graph.n_items].zero_()
+        warm = torch.as_tensor(graph.item_counts() > 0, dtype=torch.float32)
+        self.register_buffer("warm", warm, persistent=False)
+        source_warm = torch.cat([warm, warm.new_zeros(1)])
+        self.register_buffer("source_warm", source_warm, persistent=False)
+        self._set_pairs(graph)
+
+    def _set_pairs(self, graph: TrainingGraph) -> None:
+        pair_items, pair_weights, user_items, user_weights = preceding_items(
+            graph.train_users, graph.train_items, graph.n_users, graph.n_items,
+            self.window, self.decay,
+        )  # fmt: skip
+        keys = graph.train_users.astype(np.int64) * self.n_items + graph.train_items
+        order = np.argsort(keys, kind="stable")
+        for name, array in (
+            ("pair_keys", keys[order]),
+            ("pair_items", pair_items[order]),
+            ("pair_weights", pair_weights[order]),
+            ("user_items", user_items),
+            ("user_weights", user_weights),
+        ):
+            tensor = torch.as_tensor(array)
+            if hasattr(self, name):
+                tensor = tensor.to(getattr(self, name).device)
+                setattr(self, name, tensor)
+            else:
+                self.register_buffer(name, tensor, persistent=False)
+
+    def use_history(self, graph: TrainingGraph) -> None:
+        """Score users from these pairs' histories (train + valid when scoring test);
+        which items count as warm stays the training graph's."""
+        self._set_pairs(graph)
+
+    def _pool(self, items: Tensor, weights: Tensor) -> Tensor:
+        """items, weights ``(N, window)`` → ``(N, dim)``: Σ_k w_k P[j_k], warm rows only."""
+        rows = self.source(items) * self.source_warm[items][..., None]
+        return (weights[..., None] * rows).sum(dim=1)
+
+    def user_vectors(self) -> Tensor:
+        """``(U, dim)``: each user's query for the item after their whole history."""
+        return self._pool(self.user_items, self.user_weights)
+
+    def pair_vectors(self, users: Tensor, items: Tensor) -> Tensor:
+        """``(B, dim)``: the query of training pairs ``(users, items) (B,)``, from the items
+        the user had before each; a pair not in the training graph gets the user's query."""
+        keys = users * self.n_items + items
+        at = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
+        found = self.pair_keys[at] == keys
+        pair = self._pool(self.pair_items[at], self.pair_weights[at])
+        fallback = self._pool(self.user_items[users], self.user_weights[users])
+        return torch.where(found[:, None], pair, fallback)
+
+    def item_vectors(self) -> Tensor:
+        """``(I, dim)``: ``Q``, zero for items without training interactions."""
+        return self.target.weight * self.warm[:, None]
+
+
+def transition_block(config: TransitionFields, graph: TrainingGraph) -> TransitionBlock | None:
+    """The configured block, or None when ``transition_dim`` is 0."""
+    if config.transition_dim == 0:
+        return None
+    return TransitionBlock(
+        graph, config.transition_dim, config.transition_window, config.transition_decay
+    )
+
+
+def with_transition(
+    block: TransitionBlock | None, users: Tensor, items: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Scoring: ``[users ; t_u]``, ``[items ; Q]`` (unchanged without a block)."""
+    if block is None:
+        return users, items
+    return torch.cat([users, block.user_vectors()], 1), torch.cat([items, block.item_vectors()], 1)
+
+
+def batch_with_transition(
+    block: TransitionBlock | None,
+    batch: dict[str, Tensor],
+    user: Tensor,
+    pos: Tensor,
+    neg: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
+    """Training: the batch's final vectors ``user, pos (B, D)``, ``neg (B, N, D)`` or
+    ``(B, D)`` (or None) with the transition columns appended, and the block's rows to
+    regularise (none without a block)."""
+    if block is None:
+        return user, pos, neg, []
+    users, items = batch["users"], batch["pos_items"]
+    t_u, t_i = block.pair_vectors(users, items), block.item_vectors()
+    user, pos = torch.cat([user, t_u], -1), torch.cat([pos, t_i[items]], -1)
+    reg = [t_u, t_i[items]]
+    if neg is not None:
+        neg_items = batch["neg_items"] if neg.dim() == 3 else batch["neg_items"][:, 0]
+        neg = torch.cat([neg, t_i[neg_items]], -1)
+        reg.append(t_i[neg_items].reshape(-1, t_i.shape[1]))
+    return user, pos, neg, reg

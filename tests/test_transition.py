@@ -1,0 +1,134 @@
+"""The next-item transition block, alone and inside DAS, LightGCN and two-stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_semantic_models import CONTENT_CONCAT, _train, small_das, synthetic_content_graph
+
+from recsys.models import TrainingGraph, build_model
+from recsys.models.lightgcn import LightGCNConfig
+from recsys.models.transition import TransitionBlock, preceding_items
+from recsys.models.two_stage import TwoStageConfig
+
+# user 0 saw items 3, 1, 4 in that order; user 1 saw 2, 0; user 2 nothing; item 5 cold
+USERS = np.array([0, 1, 0, 0, 1])
+ITEMS = np.array([3, 2, 1, 4, 0])
+
+
+def test_preceding_items_by_hand():
+    pair_items, pair_weights, user_items, user_weights = preceding_items(
+        USERS, ITEMS, n_users=3, n_items=6, window=2, decay=0.5
+    )
+    pad = 6
+    np.testing.assert_array_equal(pair_items, [[pad, pad], [pad, pad], [3, pad], [1, 3], [2, pad]])
+    np.testing.assert_allclose(
+        pair_weights, [[0, 0], [0, 0], [1, 0], [2 / 3, 1 / 3], [1, 0]], rtol=1e-6
+    )
+    np.testing.assert_array_equal(user_items, [[4, 1], [0, 2], [pad, pad]])
+    np.testing.assert_allclose(user_weights, [[2 / 3, 1 / 3], [2 / 3, 1 / 3], [0, 0]])
+
+
+def _block(window=2, decay=0.5) -> TransitionBlock:
+    torch.manual_seed(0)
+    return TransitionBlock(TrainingGraph(3, 6, USERS, ITEMS), 4, window, decay)
+
+
+def test_pair_and_user_queries_are_weighted_sums_of_preceding_source_rows():
+    block = _block()
+    p = block.source.weight.detach()
+    got = block.pair_vectors(torch.tensor([0, 0, 0, 1]), torch.tensor([3, 4, 1, 0])).detach()
+    expected = torch.stack([torch.zeros(4), 2 / 3 * p[1] + 1 / 3 * p[3], p[3], p[2]])
+    torch.testing.assert_close(got, expected)
+    users = block.user_vectors().detach()
+    torch.testing.assert_close(users[0], 2 / 3 * p[4] + 1 / 3 * p[1])
+    torch.testing.assert_close(users[2], torch.zeros(4))
+    # a pair outside the training graph is scored like the user's next item
+    torch.testing.assert_close(
+        block.pair_vectors(torch.tensor([0]), torch.tensor([5]))[0].detach(), users[0]
+    )
+
+
+def test_cold_items_contribute_nothing_on_either_side():
+    block = _block()
+    torch.testing.assert_close(block.item_vectors()[5].detach(), torch.zeros(4))
+    with torch.no_grad():
+        block.source.weight[5] += 100.0  # the cold item's source row, e.g. untrained
+    # user 1's history gains the cold item 5 as the most recent (e.g. a valid item)
+    block.use_history(TrainingGraph(3, 6, np.append(USERS, 1), np.append(ITEMS, 5)))
+    p = block.source.weight.detach()
+    # item 5 holds weight 2/3 of the context and adds nothing
+    torch.testing.assert_close(block.user_vectors()[1].detach(), 1 / 3 * p[0])
+
+
+def test_a_pair_trains_only_on_its_preceding_items():
+    block = _block(window=3)
+    score = (block.pair_vectors(torch.tensor([0]), torch.tensor([4])) * 1.0).sum()
+    score.backward()
+    touched = block.source.weight.grad.abs().sum(dim=1).nonzero().flatten().tolist()
+    assert touched == [1, 3]  # the items before (0, 4): never 4 itself, never another user's
+
+
+def test_das_scores_add_the_transition_dot_product():
+    graph, _ = synthetic_content_graph()
+    config = small_das(**CONTENT_CONCAT, user_semantic="history", transition_dim=8)
+    model = build_model(config, graph)
+    model.on_train_epoch_start(0)
+    history = _train(model, graph, steps=40)
+    assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
+    model.eval()
+    with torch.no_grad():
+        users, items = model.embeddings()
+        t_u, t_i = model.transition.user_vectors(), model.transition.item_vectors()
+        model.transition, block = None, model.transition
+        base_users, base_items = model.embeddings()
+        model.transition = block
+    torch.testing.assert_close(users @ items.T, base_users @ base_items.T + t_u @ t_i.T)
+    assert t_i.abs().sum() > 0 and t_i[27:30].abs().sum() == 0  # cold: no ID embedding
+    with torch.no_grad():
+        block.target.weight[27:30] += 100.0
+        block.source.weight[27:30] += 100.0
+        _, after = model.embeddings()
+    torch.testing.assert_close(after[27:30], items[27:30])
+
+
+def test_transition_needs_concat():
+    with pytest.raises(ValueError, match="transition_dim"):
+        small_das(transition_dim=4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        LightGCNConfig(dim=8, transition_dim=4),
+        TwoStageConfig(
+            dim=8, transition_dim=4, quantizer={"kind": "rqkmeans", "levels": 2, "codebook_size": 4}
+        ),
+    ],
+    ids=["lightgcn", "two_stage"],
+)
+def test_baselines_carry_the_same_block(config):
+    graph, _ = synthetic_content_graph()
+    model = build_model(config, graph)
+    history = _train(model, graph, steps=40)
+    assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
+    block = model.transition
+    with torch.no_grad():
+        users, items = model.embeddings()
+        model.transition = None
+        base_users, base_items = model.embeddings()
+        model.transition = block
+        t_u, t_i = block.user_vectors(), block.item_vectors()
+    torch.testing.assert_close(users, torch.cat([base_users, t_u], 1))
+    torch.testing.assert_close(items, torch.cat([base_items, t_i], 1))
+    assert t_i[27:30].abs().sum() == 0  # cold items: no ID embedding in the block
+    # scoring test: a valid item becomes the user's latest context item
+    u = int(graph.train_users[0])
+    assert model.use_history(
+        np.append(graph.train_users, u), np.append(graph.train_items, int(graph.train_items[0]))
+    )
+    with torch.no_grad():
+        moved, _ = model.embeddings()
+    assert not torch.equal(moved[u, 8:], users[u, 8:])
+    torch.testing.assert_close(moved[:, :8], users[:, :8])  # only the block moves
