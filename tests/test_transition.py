@@ -56,7 +56,7 @@ def test_cold_items_contribute_nothing_on_either_side():
     with torch.no_grad():
         block.source.weight[5] += 100.0  # the cold item's source row, e.g. untrained
     # user 1's history gains the cold item 5 as the most recent (e.g. a valid item)
-    block.use_history(TrainingGraph(3, 6, np.append(USERS, 1), np.append(ITEMS, 5)))
+    block.use_history(np.append(USERS, 1), np.append(ITEMS, 5))
     p = block.source.weight.detach()
     # item 5 holds weight 2/3 of the context and adds nothing
     torch.testing.assert_close(block.user_vectors()[1].detach(), 1 / 3 * p[0])

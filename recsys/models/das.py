@@ -78,6 +78,7 @@ from recsys.models.transition import (
     TransitionFields,
     batch_with_transition,
     transition_block,
+    transition_history,
     with_transition,
 )
 
@@ -661,10 +662,9 @@ class DualAlignedSemanticIDs(Recommender):
         if self.history_pooled:
             pooling = history_pooling(graph, self.config.history_decay)
             self.history_pool = pooling.to(self.history_pool.device)
-        if self.transition is not None:
-            self.transition.use_history(graph)
+        moved = transition_history(self.transition, users, items) or self.history_pooled
         if self.user_tower is None:
-            return self.history_pooled or self.transition is not None
+            return moved
         self.user_tower.set_inputs(
             history_means(self._item_blocks, graph, self.config.history_decay)
         )

@@ -15,6 +15,7 @@ from recsys.models.transition import (
     TransitionFields,
     batch_with_transition,
     transition_block,
+    transition_history,
     with_transition,
 )
 
@@ -59,11 +60,7 @@ class LightGCN(Recommender):
         return with_transition(self.transition, *self.propagate())
 
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
-        if self.transition is None:
-            return False
-        graph = TrainingGraph(self.n_users, self.transition.n_items, users, items)
-        self.transition.use_history(graph)
-        return True
+        return transition_history(self.transition, users, items)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         users_all, items_all = self.propagate()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from recsys.config import StrictModel
 from recsys.models.base import TrainingGraph
+from recsys.models.semantic import warm_mask
 
 
 class TransitionFields(StrictModel):
@@ -80,18 +81,15 @@ class TransitionBlock(nn.Module):
 
     def __init__(self, graph: TrainingGraph, dim: int, window: int, decay: float) -> None:
         super().__init__()
-        self.n_items, self.window, self.decay = graph.n_items, window, decay
-        # row n_items: the padding "item" of short contexts, always zero
-        self.source = nn.Embedding(graph.n_items + 1, dim, padding_idx=graph.n_items)
+        self.n_users, self.n_items = graph.n_users, graph.n_items
+        self.window, self.decay = window, decay
+        # row n_items: the padding "item" of short contexts (masked like a cold item)
+        self.source = nn.Embedding(graph.n_items + 1, dim)
         self.target = nn.Embedding(graph.n_items, dim)
-        nn.init.xavier_uniform_(self.target.weight)
-        with torch.no_grad():
-            nn.init.xavier_uniform_(self.source.weight)
-            self.source.weight[graph.n_items].zero_()
-        warm = torch.as_tensor(graph.item_counts() > 0, dtype=torch.float32)
+        nn.init.xavier_uniform_(self.target.weight)  # this order: runs stay reproducible
+        nn.init.xavier_uniform_(self.source.weight)
+        warm = torch.cat([warm_mask(graph), torch.zeros(1)])  # (I + 1,): the pad is never warm
         self.register_buffer("warm", warm, persistent=False)
-        source_warm = torch.cat([warm, warm.new_zeros(1)])
-        self.register_buffer("source_warm", source_warm, persistent=False)
         self._set_pairs(graph)
 
     def _set_pairs(self, graph: TrainingGraph) -> None:
@@ -115,14 +113,14 @@ class TransitionBlock(nn.Module):
             else:
                 self.register_buffer(name, tensor, persistent=False)
 
-    def use_history(self, graph: TrainingGraph) -> None:
-        """Score users from these pairs' histories (train + valid when scoring test);
-        which items count as warm stays the training graph's."""
-        self._set_pairs(graph)
+    def use_history(self, users: np.ndarray, items: np.ndarray) -> None:
+        """Score users from these pairs' histories (train + valid when scoring test, per-user
+        chronological order); which items count as warm stays the training graph's."""
+        self._set_pairs(TrainingGraph(self.n_users, self.n_items, users, items))
 
     def _pool(self, items: Tensor, weights: Tensor) -> Tensor:
         """items, weights ``(N, window)`` → ``(N, dim)``: Σ_k w_k P[j_k], warm rows only."""
-        rows = self.source(items) * self.source_warm[items][..., None]
+        rows = self.source(items) * self.warm[items][..., None]
         return (weights[..., None] * rows).sum(dim=1)
 
     def user_vectors(self) -> Tensor:
@@ -136,12 +134,14 @@ class TransitionBlock(nn.Module):
         at = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
         found = self.pair_keys[at] == keys
         pair = self._pool(self.pair_items[at], self.pair_weights[at])
+        if bool(found.all()):  # training pairs always are: no second pooling on that path
+            return pair
         fallback = self._pool(self.user_items[users], self.user_weights[users])
         return torch.where(found[:, None], pair, fallback)
 
     def item_vectors(self) -> Tensor:
         """``(I, dim)``: ``Q``, zero for items without training interactions."""
-        return self.target.weight * self.warm[:, None]
+        return self.target.weight * self.warm[:-1, None]
 
 
 def transition_block(config: TransitionFields, graph: TrainingGraph) -> TransitionBlock | None:
@@ -183,3 +183,11 @@ def batch_with_transition(
         neg = torch.cat([neg, t_i[neg_items]], -1)
         reg.append(t_i[neg_items].reshape(-1, t_i.shape[1]))
     return user, pos, neg, reg
+
+
+def transition_history(block: TransitionBlock | None, users: np.ndarray, items: np.ndarray) -> bool:
+    """A model's ``use_history`` for the block alone: True when it moved the users."""
+    if block is None:
+        return False
+    block.use_history(users, items)
+    return True

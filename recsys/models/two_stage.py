@@ -27,6 +27,7 @@ from recsys.models.transition import (
     TransitionFields,
     batch_with_transition,
     transition_block,
+    transition_history,
     with_transition,
 )
 
@@ -88,7 +89,6 @@ class TwoStageSemanticIDs(Recommender):
             self.register_buffer("content", torch.as_tensor(content, dtype=torch.float32))
             self.projection = nn.Linear(content.shape[1], config.dim, bias=False)
         self.propagation = GraphPropagation(graph, config.layers)
-        self.n_users, self.n_items = graph.n_users, graph.n_items
         self.transition = transition_block(config, graph)
 
     def item_ego(self) -> Tensor:
@@ -105,10 +105,7 @@ class TwoStageSemanticIDs(Recommender):
         return with_transition(self.transition, users, items)
 
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
-        if self.transition is None:
-            return False
-        self.transition.use_history(TrainingGraph(self.n_users, self.n_items, users, items))
-        return True
+        return transition_history(self.transition, users, items)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         ego_items = self.item_ego()
