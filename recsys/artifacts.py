@@ -12,6 +12,8 @@ Layout of ``runs/<name>/``::
     embeddings/users.npy   (n_users, D) float32 final representations
     embeddings/items.npy   (n_items, D) float32; score = users @ items.T
     item_encoder/          how to embed a new item from its content (models that can)
+    history_query/         how to query for a user known only by their items (models
+                           that say so; recsys.serve.history)
     semantic_ids/items.parquet  item_id, c0..c{L-1} (codes), suffix (disambiguation)
     semantic_ids/users.parquet  user_id, c0..c{L-1}, suffix (dual quantization), if any
     semantic_ids/stats.json     per side: codebook size, utilisation, perplexity, collisions

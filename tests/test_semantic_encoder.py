@@ -43,7 +43,10 @@ def run(tmp_path_factory) -> RunFolder:
             "dim": 8,
             "content_projection": True,
             "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
-            "transition_dim": 3,  # ID-based: a cold or new item's block is zeros
+            # the block embeds the items' codes: a cold or new item's block is its codes'
+            # target rows (its ID part is zero)
+            "transition_dim": 3,
+            "transition_codes": True,
         },
         features={"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
         split="cold-10",
@@ -65,6 +68,7 @@ def test_encoder_reproduces_codes_and_cold_item_vectors(run):
     rows = cold[suffix0[cold]]
     assert len(rows) > 0
     np.testing.assert_allclose(vectors[rows], trained[rows], atol=1e-5)
+    assert np.abs(vectors[rows, -3:]).sum() > 0  # the block reaches cold items by their codes
 
 
 def test_added_item_gets_a_unique_semantic_id_sharing_its_twins_codes(run):
@@ -109,8 +113,9 @@ CONTENT_CONCAT = {
             "popularity_weight": 0.5,
             "transition_dim": 3,
         },
+        {**CONTENT_CONCAT, "transition_dim": 3, "transition_codes": True},
     ],
-    ids=["joint", "frozen", "content-concat", "content-pca"],
+    ids=["joint", "frozen", "content-concat", "content-pca", "content-codes-block"],
 )
 def das_run(tmp_path_factory, request) -> RunFolder:
     from conftest import synthetic_interactions, train_table_run
@@ -148,6 +153,12 @@ def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
     np.testing.assert_allclose(vectors[cold], trained[cold], atol=1e-5)
     assert np.abs(vectors[cold]).sum() > 0
     spec = json.loads((das_run.root / "item_encoder" / "encoder.json").read_text())
+    if spec["transition_dim"]:  # the block's columns: before a popularity column if any
+        arrays = np.load(das_run.root / "item_encoder" / "arrays.npz")
+        end = vectors.shape[1] - int("popularity_weights" in arrays.files)
+        block = vectors[cold, end - 3 : end]
+        # ID-based: zeros for items without interactions; with codes: their codes' rows
+        assert (np.abs(block).sum() > 0) == spec["transition_codes"]
     if spec["semantic_combination"] == "add":
         assert np.abs(vectors[:, -4:]).sum() == 0  # no conformity factor without interactions
     else:

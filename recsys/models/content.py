@@ -176,6 +176,17 @@ class ContentOnly(Recommender):
     def embeddings(self) -> tuple[Tensor, Tensor]:
         return self.user_emb, self.item_emb
 
+    def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]]:
+        """An anonymous user's query (``RUN/history_query/``) as training builds users:
+        the L2-normalised recency-weighted mean of their items' content, then 1 on the
+        popularity column."""
+        width = self.content.shape[1]
+        recency = {"pool": "items", "decay": self.config.recency_decay, "window": None}
+        segments: list[dict] = [{"columns": [0, width], **recency, "normalize": True}]
+        if self.regressor is not None:
+            segments.append({"columns": [width, width + 1], "constant": 1.0})
+        return segments, {}
+
     def write_item_encoder(self, folder: Path) -> None:
         """What serving needs to embed a new item exactly as training embedded the
         catalogue: the features config, the tabular vocabulary, the fill vectors and the

@@ -79,6 +79,7 @@ from recsys.models.transition import (
     batch_with_transition,
     transition_block,
     transition_history,
+    transition_query_segment,
     with_transition,
 )
 
@@ -596,7 +597,9 @@ class DualAlignedSemanticIDs(Recommender):
         if self.history_pooled:
             pooling = history_pooling(graph, config.history_decay)
             self.register_buffer("history_pool", pooling, persistent=False)
-        self.transition = transition_block(config, graph)  # concat only (validated)
+        self.transition = transition_block(  # concat only (validated)
+            config, graph, config.item_quantizer.levels, config.item_quantizer.codebook_size
+        )
         # concat: the collaborative item embedding holds the semantic ID's code embeddings
         self.item_code_emb = None
         if self.concat and config.code_embeddings:
@@ -712,7 +715,7 @@ class DualAlignedSemanticIDs(Recommender):
             users, items, _, _ = self._concat_vectors(item_out, user_out)
             d = self.config.dim
             items = torch.cat([items[:, :d], items[:, d:] * self.item_semantic_scale[:, None]], 1)
-            users, items = with_transition(self.transition, users, items)
+            users, items = with_transition(self.transition, users, items, item_out.codes)
             if self.config.popularity_weight > 0:  # [user ; λ] · [item ; predicted pop]
                 semantic = item_out.quantized.cpu().numpy()
                 pop = torch.as_tensor(self.popularity_ridge(semantic).predict(semantic))
@@ -767,7 +770,7 @@ class DualAlignedSemanticIDs(Recommender):
                 terms["quant_loss"] = terms["quant_loss"] + user_out.loss
             # the pair's preceding items → its item
             u_final, p_final, n_final, reg = batch_with_transition(
-                self.transition, batch, u_final, p_final, n_final
+                self.transition, batch, u_final, p_final, n_final, item_out.codes
             )
             terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final)
             terms["reg_loss"] = l2_penalty(self.user.weight[users], ego[pos], ego[neg], *reg)
@@ -911,6 +914,33 @@ class DualAlignedSemanticIDs(Recommender):
         return out
 
     # ------------------------------------------------------------------- serving
+    def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]] | None:
+        """An anonymous user's query (``RUN/history_query/``) in concat mode: the user
+        vector's formula without the user's own ID embedding (β × the recency-weighted
+        history of collaborative item vectors; γ × that of semantic ones), the block's
+        columns and the popularity weight λ. Add mode: None (the mean of their items)."""
+        if not self.concat:
+            return None
+        cfg, d = self.config, self.config.dim
+        segments: list[dict] = []
+        arrays: dict[str, np.ndarray] = {}
+        recency = {"pool": "items", "decay": cfg.history_decay, "window": None}
+        if self.collab_history:
+            segments.append({"columns": [0, d], **recency, "scale": cfg.user_history_weight})
+        with torch.no_grad():
+            item_out = self.item_tower(None)
+        semantic = self.user_tower is not None or self.pool_history
+        width = d + (item_out.quantized.shape[1] if semantic else 0)
+        if self.pool_history:  # a user tower's semantic vector: left to the mean
+            segments.append({"columns": [d, width], **recency, "scale": self.semantic_weight()})
+        if self.transition is not None:
+            segment, arrays = transition_query_segment(self.transition, width, item_out.codes)
+            segments.append(segment)
+            width += self.transition.source.embedding_dim
+        if cfg.popularity_weight > 0:
+            segments.append({"columns": [width, width + 1], "constant": cfg.popularity_weight})
+        return segments, arrays
+
     def write_item_encoder(self, folder: Path) -> None:
         """What serving needs to embed a new item as training embeds a cold one: the
         content pipeline, the frozen block transforms, the item tower's weights (fusion,
@@ -924,6 +954,9 @@ class DualAlignedSemanticIDs(Recommender):
         if self.item_code_emb is not None:
             for level, emb in enumerate(self.item_code_emb):
                 arrays[f"item_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
+        if self.transition is not None and self.transition.target_codes is not None:
+            for level, emb in enumerate(self.transition.target_codes):
+                arrays[f"transition_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
         if self.concat and self.config.popularity_weight > 0:
             with torch.no_grad():
                 ridge = self.popularity_ridge(self.item_tower(None).quantized.cpu().numpy())
@@ -959,6 +992,7 @@ class DualAlignedSemanticIDs(Recommender):
             "semantic_weight": self.semantic_weight(),
             "cold_semantic_weight": cfg.cold_semantic_weight,
             "transition_dim": cfg.transition_dim if self.transition is not None else 0,
+            "transition_codes": self.transition is not None and self.transition.uses_codes,
             "code_embeddings": cfg.code_embeddings,
             # a node without edges ends LightGCN's layer mean as ego / (layers + 1)
             "propagated_layers": cfg.layers if cfg.propagate_semantic else 0,

@@ -8,10 +8,11 @@ were when the IDs were frozen, if they were). Its final representation has no ID
 embedding (it has no interactions): ``[γ s_i ; 0]`` in ``add`` mode (divided by
 ``layers + 1`` when the model propagates semantic embeddings, as LightGCN's layer mean
 does for a node without edges); ``[Σ_l code_emb_l[c_l] / (layers + 1) ; κ s_i]`` in
-``concat`` mode (κ: ``cold_semantic_weight``), then zeros for a next-item transition
-block (ID-based) and, with ``popularity_weight``, the popularity the saved ridge predicts
-from ``s_i``. Its semantic ID is the tower's codes with
-suffix 0 (the serving layer disambiguates it against the catalogue).
+``concat`` mode (κ: ``cold_semantic_weight``), then a next-item transition block's
+columns (zeros for its ID part, plus its codes' target rows when it embeds codes) and,
+with ``popularity_weight``, the popularity the saved ridge predicts from ``s_i``.
+Its semantic ID is the tower's codes with suffix 0 (the serving layer disambiguates it
+against the catalogue).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from recsys.models.content_encoder import ContentVectors
 from recsys.models.das import BlockTransform, SemanticTower
 from recsys.models.fusion import FusionConfig
 from recsys.models.quantizer import QuantizerConfig
+from recsys.models.transition import new_item_transition
 from recsys.serve.content import register_item_encoder
 
 
@@ -37,6 +39,7 @@ class DASItemEncoder:
         weights = spec.get("modality_weights", {}) if self.content_space else {}
         self.content = ContentVectors(folder, spec["modalities"], weights)
         arrays = np.load(folder / "arrays.npz")
+        self.arrays = {k: arrays[k] for k in arrays.files if k.startswith("transition_code_emb_")}
         self.blocks = list(spec["block_dims"])
         self.transforms = {}
         for name in self.blocks:
@@ -106,8 +109,8 @@ class DASItemEncoder:
             # κ on the semantic half: a new item has no training interactions
             semantic = s.numpy() * self.cold_semantic_weight if self.semantic_part else None
             parts = [c] if semantic is None else [c, semantic]
-            if self.transition_dim:  # ID-based next-item block: 0 for a new item
-                parts.append(np.zeros((len(codes), self.transition_dim)))
+            if self.transition_dim:  # next-item block: no ID row, its codes' rows if any
+                parts.append(new_item_transition(self.arrays, codes.numpy(), self.transition_dim))
             if self.popularity is not None:  # the ridge prediction from the semantic ID
                 weights, bias = self.popularity
                 parts.append((s.double().numpy() @ weights + bias)[:, None])

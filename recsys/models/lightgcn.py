@@ -16,6 +16,7 @@ from recsys.models.transition import (
     batch_with_transition,
     transition_block,
     transition_history,
+    transition_query_segment,
     with_transition,
 )
 
@@ -61,6 +62,14 @@ class LightGCN(Recommender):
 
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
         return transition_history(self.transition, users, items)
+
+    def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]] | None:
+        """An anonymous user's query (``RUN/history_query/``): the block's columns as
+        trained; the propagated part stays the mean of their items."""
+        if self.transition is None:
+            return None
+        segment, arrays = transition_query_segment(self.transition, self.config.dim)
+        return [segment], arrays
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         users_all, items_all = self.propagate()

@@ -4,9 +4,10 @@ A new item gets its semantic ID from the frozen quantizer applied to its content
 and the embedding a cold item gets in training: the sum of its per-level code embeddings,
 the suffix-0 embedding (the one every item without a collision uses) and, when the model
 has it, the content projection; then LightGCN's layer mean, which for a node without
-edges divides the ego embedding by ``layers + 1`` (then zeros for a next-item transition
-block, which is ID-based).  The semantic ID is returned with
-suffix 0; the serving layer disambiguates it against the catalogue.
+edges divides the ego embedding by ``layers + 1``; then a next-item transition block's
+columns: zeros for its ID part, plus its codes' target rows when the block embeds codes.
+The semantic ID is returned with suffix 0; the serving layer disambiguates it against
+the catalogue.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 
 from recsys.models.content_encoder import ContentVectors
 from recsys.models.quantizer import load_quantizer
+from recsys.models.transition import new_item_transition
 from recsys.serve.content import register_item_encoder
 
 
@@ -28,6 +30,7 @@ class TwoStageItemEncoder:
         self.content = ContentVectors(folder, spec["modalities"], spec["modality_weights"])
         self.quantizer = load_quantizer(folder / "quantizer.pt")
         arrays = np.load(folder / "arrays.npz")
+        self.arrays = {k: arrays[k] for k in arrays.files if k.startswith("transition_code_emb_")}
         self.code_emb = [arrays[f"code_emb_{level}"] for level in range(spec["levels"])]
         self.suffix = arrays["suffix_emb_0"]
         self.projection = arrays["projection"] if "projection" in arrays else None
@@ -44,9 +47,9 @@ class TwoStageItemEncoder:
         if self.projection is not None:
             ego += x @ self.projection.T
         sids = np.concatenate([codes, np.zeros((len(x), 1), dtype=codes.dtype)], axis=1)
-        # the next-item transition block is ID-based: zeros for a new item
-        zeros = np.zeros((len(x), self.transition_dim))
-        final = np.concatenate([ego / (self.layers + 1), zeros], axis=1)
+        # the next-item block: no ID row for a new item, its codes' rows if the block has them
+        block = new_item_transition(self.arrays, codes, self.transition_dim)
+        final = np.concatenate([ego / (self.layers + 1), block], axis=1)
         return final.astype(np.float32), sids.astype(np.int64)
 
 

@@ -31,7 +31,11 @@ class UserRecommendations(BaseModel):
 class HistoryRequest(StrictModel):
     """An anonymous or new user: recommendations from the items they interacted with."""
 
-    history: list[Id] = Field(min_length=1, description="item ids, any order")
+    history: list[Id] = Field(
+        min_length=1,
+        description="item ids, oldest first: models with a next-item block or recency"
+        " weights (RUN/history_query/) weigh the latest most; others take the mean",
+    )
     k: int = Field(20, ge=1)
     exclude: list[Id] = Field([], description="item ids never to return (unknown ids ignored)")
 

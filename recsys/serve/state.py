@@ -43,6 +43,7 @@ from recsys.index.fingerprint import run_fingerprint
 from recsys.index.semantic import SemanticIds
 from recsys.serve.config import ServeConfig
 from recsys.serve.content import ItemContentEncoder, content_frame, load_item_encoder
+from recsys.serve.history import HistoryQuery
 from recsys.serve.journal import AddJournal, AddRecord
 from recsys.serve.schemas import ItemContent
 
@@ -148,6 +149,7 @@ class ServingState:
         self.run, self.config, self.encoder = run, config, encoder
         self.user_map, self.user_vectors, self.seen = user_map, user_vectors, seen
         self.snapshot = snapshot
+        self.history_query = HistoryQuery.load(run, snapshot.index.vectors.shape[1])
         self._write_lock = threading.Lock()
         self.journal: AddJournal | None = None
         if config.adds_journal:
@@ -226,7 +228,13 @@ class ServingState:
         hist_arr = np.asarray(hist, dtype=np.int64)
         extra_ex = [i for i in (snap.items.get(x) for x in exclude) if i is not None]
         excluded = np.unique(np.concatenate([hist_arr, np.asarray(extra_ex, dtype=np.int64)]))
-        query = snap.index.vectors[hist_arr].mean(axis=0)
+        if self.history_query is None:
+            query = snap.index.vectors[hist_arr].mean(axis=0)
+        else:  # the model's own user of these items, in this order
+            codes = present = None
+            if snap.sids is not None:
+                codes, present = snap.sids.codes[hist_arr], snap.sids.present[hist_arr]
+            query = self.history_query.query(snap.index.vectors[hist_arr], hist_arr, codes, present)
         return self._recommend(snap, query, k, excluded, hist_arr)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:

@@ -271,6 +271,31 @@ def write_item_encoder(model: Recommender, run: RunFolder) -> None:
         tmp.rename(final)
 
 
+def write_history_query(model: Recommender, run: RunFolder) -> None:
+    """``RUN/history_query/`` (see :mod:`recsys.serve.history`) for models that say how
+    an anonymous user's query is built from their items; written into a temporary folder
+    first and renamed into place."""
+    describe = getattr(model, "history_query", None)
+    final = run.root / "history_query"
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        described = describe() if describe is not None else None
+    model.train(was_training)
+    if described is None:
+        shutil.rmtree(final, ignore_errors=True)
+        return
+    segments, arrays = described
+    tmp = run.root / ".history_query.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / "query.json").write_text(json.dumps({"segments": segments}, indent=2))
+    if arrays:
+        np.savez(tmp / "arrays.npz", **arrays)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
 def borrowed_item_codes(source: Path, item_ids: np.ndarray, quantizer) -> np.ndarray:
     """``(n_items, L)`` codes of ``item_ids`` from another run's semantic-ID table; every
     item must be there, with the configured levels and codes inside the codebook."""
@@ -370,6 +395,7 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
             item_for_valid = valid_item.numpy()
     run.write_embeddings(user.numpy(), item.numpy(), user_for_valid, item_for_valid)
     write_item_encoder(model, run)
+    write_history_query(model, run)
     id_maps = {"items": dataset.item_map, "users": dataset.user_map}
     for side, (sids, stats) in model.semantic_ids().items():
         run.write_semantic_ids(side, id_maps[side].ids, sids, stats)

@@ -1,0 +1,122 @@
+"""The query of a user known only by their items (``POST /v1/recommendations``).
+
+A model whose users are a function of their history ships ``RUN/history_query/``, whose
+``query.json`` lists segments of the user vector, each computed from the request's history
+(oldest first; ``k = 0`` below is the latest item, ``w_k ∝ decay^k`` over the last
+``window`` items, or all of them when ``window`` is null, normalised to sum to 1)::
+
+    {"segments": [
+      {"columns": [a, b], "pool": "items", "decay": d, "window": null, "scale": s},
+          s × Σ_k w_k v_{j_k}[a:b]: the history's own item vectors (L2-normalised
+          instead of scaled with "normalize": true)
+      {"columns": [a, b], "pool": "table", "table": "source", "decay": d, "window": W,
+       "scale": s},
+          s × Σ_k w_k T[j_k] over rows of ``arrays.npz["source"]`` (catalogue items); an
+          item added since gets Σ_l ``source_code_{l}``[c_l] over its semantic-ID codes
+          when the run ships those tables, else zeros
+      {"columns": [a, b], "constant": c}
+    ]}
+
+Columns no segment names are the plain mean of the history's item vectors, which is also
+the whole query of a run without the folder. Serving never imports training code for
+this: the model that wrote the folder described its users in these terms.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.artifacts import RunFolder
+from recsys.errors import ArtifactError
+
+
+def history_query_dir(run: RunFolder) -> Path:
+    return run.root / "history_query"
+
+
+def recency_weights(n: int, decay: float, window: int | None) -> np.ndarray:
+    """``(n,)`` weights of a history of ``n`` items, oldest first: ``decay^k`` for the
+    k-th most recent of the last ``window`` (0 before), normalised to sum to 1."""
+    age = np.arange(n)[::-1]
+    weights = np.where(age < (window if window is not None else n), decay**age, 0.0)
+    return weights / weights.sum()
+
+
+class HistoryQuery:
+    def __init__(self, folder: Path, dim: int) -> None:
+        spec_path = folder / "query.json"
+        try:
+            spec = json.loads(spec_path.read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{folder}: query.json is missing") from None
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{spec_path}: invalid JSON: {err}") from None
+        arrays_path = folder / "arrays.npz"
+        self.arrays: dict[str, np.ndarray] = {}
+        if arrays_path.exists():
+            with np.load(arrays_path) as arrays:
+                self.arrays = {name: arrays[name] for name in arrays.files}
+        self.segments: list[dict[str, Any]] = spec.get("segments", [])
+        for i, segment in enumerate(self.segments):
+            where = f"{spec_path}: segments[{i}]"
+            a, b = segment.get("columns", (None, None))
+            if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < b <= dim):
+                raise ArtifactError(f"{where}: columns must be [a, b] with 0 <= a < b <= {dim}")
+            if segment.get("pool") == "table":
+                table = self.arrays.get(segment.get("table", ""))
+                if table is None or table.ndim != 2 or table.shape[1] != b - a:
+                    raise ArtifactError(f"{where}: arrays.npz has no ({b - a})-wide table")
+            elif segment.get("pool") != "items" and "constant" not in segment:
+                raise ArtifactError(f"{where}: needs pool 'items' or 'table', or a constant")
+
+    @classmethod
+    def load(cls, run: RunFolder, dim: int) -> HistoryQuery | None:
+        folder = history_query_dir(run)
+        return cls(folder, dim) if folder.exists() else None
+
+    def _table_rows(self, name: str, items: np.ndarray, codes, present) -> np.ndarray:
+        """Rows of table ``name`` for item indices ``items (N,)``; items beyond the
+        catalogue from their codes ``(N, L)`` (where ``present``)."""
+        table = self.arrays[name]
+        rows = np.zeros((len(items), table.shape[1]))
+        known = items < len(table)
+        rows[known] = table[items[known]]
+        if codes is None or present is None:
+            return rows  # no semantic IDs: an added item has no row
+        added = ~known & present
+        level = 0
+        while f"{name}_code_{level}" in self.arrays:
+            rows[added] += self.arrays[f"{name}_code_{level}"][codes[added, level]]
+            level += 1
+        return rows
+
+    def query(
+        self,
+        vectors: np.ndarray,
+        items: np.ndarray,
+        codes: np.ndarray | None = None,
+        present: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``(D,)`` float32 query of the history ``items (N,)`` (oldest first) whose item
+        vectors are ``vectors (N, D)``; ``codes (N, L)``, ``present (N,)``: their semantic
+        IDs, for table rows of items added after training."""
+        query = vectors.mean(axis=0).astype(np.float64)
+        for segment in self.segments:
+            a, b = segment["columns"]
+            if "constant" in segment:
+                query[a:b] = float(segment["constant"])
+                continue
+            weights = recency_weights(len(items), float(segment["decay"]), segment.get("window"))
+            if segment["pool"] == "items":
+                rows = vectors[:, a:b]
+            else:
+                rows = self._table_rows(segment["table"], items, codes, present)
+            pooled = weights @ rows
+            if segment.get("normalize", False):
+                pooled = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+            query[a:b] = float(segment.get("scale", 1.0)) * pooled
+        return query.astype(np.float32)

@@ -1,0 +1,160 @@
+"""An anonymous user's query (``RUN/history_query/``, POST /v1/recommendations): built
+from their items as the model builds a known user from theirs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys.artifacts import RunFolder
+from recsys.errors import ArtifactError
+from recsys.serve.app import create_app
+from recsys.serve.config import ServeConfig
+from recsys.serve.history import HistoryQuery, recency_weights
+from recsys.serve.state import ServingState
+
+N_ITEMS = 40
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+QUANT = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "codebook_update": "grad"}
+
+
+def test_recency_weights_by_hand():
+    np.testing.assert_allclose(recency_weights(3, 0.5, 2), [0, 1 / 3, 2 / 3])
+    np.testing.assert_allclose(recency_weights(2, 0.5, None), [1 / 3, 2 / 3])
+    np.testing.assert_allclose(recency_weights(1, 0.8, 20), [1.0])
+
+
+def _write(folder, segments, **arrays):
+    folder.mkdir()
+    (folder / "query.json").write_text(json.dumps({"segments": segments}))
+    if arrays:
+        np.savez(folder / "arrays.npz", **arrays)
+
+
+def test_segments_by_hand(tmp_path):
+    source = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])  # 3 catalogue items
+    code_0, code_1 = np.array([[10.0, 0.0], [0.0, 10.0]]), np.array([[1.0, 1.0], [3.0, 3.0]])
+    segments = [
+        {"columns": [0, 2], "pool": "items", "decay": 0.5, "window": None, "scale": 3.0},
+        {"columns": [2, 4], "pool": "table", "table": "source", "decay": 0.5, "window": 2},
+        {"columns": [5, 6], "constant": 0.7},
+    ]
+    _write(tmp_path / "q", segments, source=source, source_code_0=code_0, source_code_1=code_1)
+    query = HistoryQuery(tmp_path / "q", dim=6)
+    vectors = np.arange(18, dtype=np.float64).reshape(3, 6)  # the history's item vectors
+    # history oldest first: catalogue item 0, catalogue item 2, added item 3 (codes 1, 0)
+    items = np.array([0, 2, 3])
+    codes, present = np.array([[0, 0], [0, 0], [1, 0]]), np.array([True, True, True])
+    got = query.query(vectors, items, codes, present)
+    w_all, w_two = np.array([1, 2, 4]) / 7, np.array([0, 1 / 3, 2 / 3])
+    added = code_0[1] + code_1[0]  # no ID row: its codes' rows
+    expected = vectors.mean(axis=0)  # column 4: no segment names it
+    expected[0:2] = 3.0 * (w_all @ vectors[:, 0:2])
+    expected[2:4] = w_two[1] * source[2] + w_two[2] * added
+    expected[5] = 0.7
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # without semantic IDs an added item has no row: zeros
+    got = query.query(vectors, items)
+    np.testing.assert_allclose(got[2:4], w_two[1] * source[2], rtol=1e-6)
+
+
+def test_bad_folder_is_named(tmp_path):
+    _write(tmp_path / "q", [{"columns": [0, 9], "constant": 1.0}])
+    with pytest.raises(ArtifactError, match=r"segments\[0\].*columns"):
+        HistoryQuery(tmp_path / "q", dim=4)
+    _write(tmp_path / "r", [{"columns": [0, 2], "pool": "table", "table": "nope", "decay": 1}])
+    with pytest.raises(ArtifactError, match="table"):
+        HistoryQuery(tmp_path / "r", dim=4)
+
+
+CONCAT = {
+    "kind": "das", "dim": 12, "pop_dim": 4, "semantic_input": "content",
+    "semantic_combination": "concat", "freeze_sids_epoch": 0, "code_embeddings": True,
+    "user_semantic": "history", "history_decay": 0.8, "user_history_weight": 2.0,
+    "item_quantizer": QUANT, "user_quantizer": QUANT, "popularity_weight": 0.5,
+    "transition_dim": 3, "transition_codes": True,
+}  # fmt: skip
+MODELS = {
+    "content": ({"kind": "content", "recency_decay": 0.7, "popularity_weight": 0.3}, 0),
+    "lightgcn-block": ({"kind": "lightgcn", "dim": 8, "transition_dim": 3}, 8),
+    "two-stage-codes-block": (
+        {
+            "kind": "two_stage",
+            "dim": 8,
+            "transition_dim": 3,
+            "transition_codes": True,
+            "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
+        },
+        8,
+    ),  # fmt: skip
+    "das-concat": (CONCAT, 12),  # c_u's own ID part: unknown for an anonymous user
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def trained(tmp_path_factory, request) -> tuple[RunFolder, int]:
+    from conftest import synthetic_interactions, train_table_run
+
+    model, free_columns = MODELS[request.param]
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(N_ITEMS)],
+            "genres": [GENRES[i % 4] + ("|" + GENRES[i % 3]) for i in range(N_ITEMS)],
+            "length": [90.0 + (i * 7) % 40 for i in range(N_ITEMS)],
+        }
+    )
+    run = train_table_run(
+        tmp_path_factory.mktemp(request.param),
+        synthetic_interactions(n_users=40, n_items=N_ITEMS),
+        items,
+        model=model,
+        features={"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
+        trainer={"max_epochs": 2, "num_threads": 1},
+    )
+    return run, free_columns
+
+
+def _known_histories(run: RunFolder) -> dict[int, np.ndarray]:
+    """Each user's train + valid items, oldest first (the history test scoring used)."""
+    table = run.interactions()  # chronological order
+    known = table[table["label"] < 2]
+    return {int(u): g["item_idx"].to_numpy() for u, g in known.groupby("user_idx", sort=False)}
+
+
+def test_anonymous_query_equals_the_known_users_vector(trained):
+    run, free = trained
+    state = ServingState.load(run.root, ServeConfig(index="flat"), encoder=None)
+    assert state.history_query is not None
+    users, items = run.embeddings()
+    snap = state.snapshot
+    for u, history in list(_known_histories(run).items())[:10]:
+        codes = present = None
+        if snap.sids is not None:
+            codes, present = snap.sids.codes[history], snap.sids.present[history]
+        query = state.history_query.query(items[history], history, codes, present)
+        # every column the model's own user vector has, but its own ID embedding's
+        np.testing.assert_allclose(query[free:], users[u, free:], rtol=1e-4, atol=1e-5)
+    # the HTTP route uses it: the order of the history matters now
+    client = TestClient(create_app(run.root, ServeConfig(index="flat"), encoder=None))
+    history = [str(x) for x in run.item_map().ids[_known_histories(run)[0]]]
+    forward = client.post("/v1/recommendations", json={"history": history, "k": 5})
+    backward = client.post("/v1/recommendations", json={"history": history[::-1], "k": 5})
+    assert forward.status_code == backward.status_code == 200
+    expected = query_topk(state, items, _known_histories(run)[0], 5)
+    assert [x["item_id"] for x in forward.json()["items"]] == expected
+    assert forward.json()["items"] != backward.json()["items"]
+
+
+def query_topk(state: ServingState, items: np.ndarray, history: np.ndarray, k: int) -> list[str]:
+    """Brute force: the anonymous query against every item, the history excluded."""
+    snap = state.snapshot
+    codes = present = None
+    if snap.sids is not None:
+        codes, present = snap.sids.codes[history], snap.sids.present[history]
+    scores = items @ state.history_query.query(items[history], history, codes, present)
+    scores[history] = -np.inf
+    return [str(x) for x in state.snapshot.items.to_ids(np.argsort(-scores, kind="stable")[:k])]
