@@ -69,6 +69,9 @@ def test_bad_folder_is_named(tmp_path):
     _write(tmp_path / "r", [{"columns": [0, 2], "pool": "table", "table": "nope", "decay": 1}])
     with pytest.raises(ArtifactError, match="table"):
         HistoryQuery(tmp_path / "r", dim=4)
+    _write(tmp_path / "s", [{"columns": [0, 2], "pool": "items", "decay": 0}])
+    with pytest.raises(ArtifactError, match="decay"):
+        HistoryQuery(tmp_path / "s", dim=4)
 
 
 CONCAT = {

@@ -72,6 +72,9 @@ class HistoryQuery:
                     raise ArtifactError(f"{where}: arrays.npz has no ({b - a})-wide table")
             elif segment.get("pool") != "items" and "constant" not in segment:
                 raise ArtifactError(f"{where}: needs pool 'items' or 'table', or a constant")
+            decay = segment.get("decay")
+            if "pool" in segment and not (isinstance(decay, int | float) and 0 < decay <= 1):
+                raise ArtifactError(f"{where}: decay must lie in (0, 1], got {decay!r}")
 
     @classmethod
     def load(cls, run: RunFolder, dim: int) -> HistoryQuery | None:
