@@ -115,6 +115,32 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypat
         assert resumed["test"][key] == pytest.approx(value, abs=1e-6), key
 
 
+def test_a_second_crash_loses_no_curve(tmp_path, tiny_table, monkeypatch):
+    import pandas as pd
+
+    original = RecommenderModule.on_train_epoch_end
+    crash_at = {"epoch": 1}
+
+    def crash(self):
+        if self.current_epoch == crash_at["epoch"]:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", crash, raising=False)
+    config = make_config(tmp_path, tiny_table, "twice")
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
+        train_run(config)
+    crash_at["epoch"] = 2  # the resumed attempt dies too, after logging epoch 1
+    with pytest.raises(BaseException):  # noqa: B017
+        train_run(config)
+    run = RunFolder(tmp_path / "runs" / "twice")
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", original, raising=False)
+    train_run(config)
+    curves = pd.read_csv(run.log_dir / "metrics.csv")
+    assert sorted(curves["epoch"].dropna().unique().astype(int)) == [0, 1, 2, 3]
+    assert not (run.log_dir / "metrics.before-resume.csv").exists()
+
+
 def test_existing_run_with_other_config_is_refused(tmp_path, tiny_table):
     from recsys.errors import ConfigError
 

@@ -85,6 +85,17 @@ def prepare_run_folder(config: RunConfig, fresh: bool) -> tuple[RunFolder, Path 
     return run, (last if last.exists() else None)
 
 
+def merged_curves(files: list[Path]) -> pd.DataFrame:
+    """The logged rows of successive attempts at one phase (oldest file first): each
+    later attempt replaces the rows from its first epoch on."""
+    merged: pd.DataFrame | None = None
+    for frame in (pd.read_csv(f) for f in files if f.exists() and f.stat().st_size):
+        if merged is not None and len(frame):
+            merged = merged[merged["epoch"] < frame["epoch"].min()]
+        merged = frame if merged is None else pd.concat([merged, frame])
+    return merged if merged is not None else pd.DataFrame()
+
+
 def lightning_trainer(
     config: RunConfig,
     run: RunFolder,
@@ -160,16 +171,18 @@ def fit(
         log_version="",
         check_val_every_n_epoch=tc.check_val_every_n_epoch,
     )
-    # CSVLogger deletes an existing metrics.csv: keep the interrupted run's curves.
+    # CSVLogger deletes an existing metrics.csv: keep the interrupted run's curves in a
+    # file of their own until this phase ends, so that a second crash loses none of them.
     log_file = run.log_dir / "metrics.csv"
-    earlier = pd.read_csv(log_file) if resume and log_file.exists() else None
+    kept = run.log_dir / "metrics.before-resume.csv"
+    if resume and log_file.exists():
+        atomic_write_text(kept, merged_curves([kept, log_file]).to_csv(index=False))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     seconds = time.perf_counter() - start
-    if earlier is not None and log_file.exists():
-        later = pd.read_csv(log_file)
-        earlier = earlier[earlier["epoch"] < later["epoch"].min()]
-        atomic_write_text(log_file, pd.concat([earlier, later]).to_csv(index=False))
+    if kept.exists() and log_file.exists():
+        atomic_write_text(log_file, merged_curves([kept, log_file]).to_csv(index=False))
+        kept.unlink()
     best_path = checkpoint.best_model_path or str(run.checkpoint_dir / "best.ckpt")
     state = load_checkpoint_weights(model, best_path)
     best_epoch = int(state["epoch"])
