@@ -86,17 +86,24 @@ def test_same_seed_same_metrics(tmp_path, tiny_table):
     np.testing.assert_allclose(ua, ub, atol=1e-6)
 
 
-def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypatch):
-    reference = train_run(make_config(tmp_path, tiny_table, "ref")).metrics()
-
+def crash_at(monkeypatch, epoch: dict[str, int]):
+    """Make training die at the end of epoch ``epoch["epoch"]`` (read at each epoch, so a
+    test can move it); returns the original hook to restore."""
     original = RecommenderModule.on_train_epoch_end
 
     def crash(self):
-        if self.current_epoch == 1:
+        if self.current_epoch == epoch["epoch"]:
             raise KeyboardInterrupt("simulated crash")
         return original(self)
 
     monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", crash, raising=False)
+    return original
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypatch):
+    reference = train_run(make_config(tmp_path, tiny_table, "ref")).metrics()
+
+    original = crash_at(monkeypatch, {"epoch": 1})
     config = make_config(tmp_path, tiny_table, "crashy")
     with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
         train_run(config)
@@ -118,19 +125,12 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypat
 def test_a_second_crash_loses_no_curve(tmp_path, tiny_table, monkeypatch):
     import pandas as pd
 
-    original = RecommenderModule.on_train_epoch_end
-    crash_at = {"epoch": 1}
-
-    def crash(self):
-        if self.current_epoch == crash_at["epoch"]:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self)
-
-    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", crash, raising=False)
+    when = {"epoch": 1}
+    original = crash_at(monkeypatch, when)
     config = make_config(tmp_path, tiny_table, "twice")
     with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
         train_run(config)
-    crash_at["epoch"] = 2  # the resumed attempt dies too, after logging epoch 1
+    when["epoch"] = 2  # the resumed attempt dies too, after logging epoch 1
     with pytest.raises(BaseException):  # noqa: B017
         train_run(config)
     run = RunFolder(tmp_path / "runs" / "twice")

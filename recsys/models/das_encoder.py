@@ -28,7 +28,7 @@ from recsys.models.content_encoder import ContentVectors
 from recsys.models.das import BlockTransform, SemanticTower
 from recsys.models.fusion import FusionConfig
 from recsys.models.quantizer import QuantizerConfig
-from recsys.models.transition import new_item_transition
+from recsys.models.transition import new_item_transition, transition_code_tables
 from recsys.serve.content import register_item_encoder
 
 
@@ -39,7 +39,7 @@ class DASItemEncoder:
         weights = spec.get("modality_weights", {}) if self.content_space else {}
         self.content = ContentVectors(folder, spec["modalities"], weights)
         arrays = np.load(folder / "arrays.npz")
-        self.arrays = {k: arrays[k] for k in arrays.files if k.startswith("transition_code_emb_")}
+        self.transition_tables = transition_code_tables(arrays)
         self.blocks = list(spec["block_dims"])
         self.transforms = {}
         for name in self.blocks:
@@ -110,7 +110,10 @@ class DASItemEncoder:
             semantic = s.numpy() * self.cold_semantic_weight if self.semantic_part else None
             parts = [c] if semantic is None else [c, semantic]
             if self.transition_dim:  # next-item block: no ID row, its codes' rows if any
-                parts.append(new_item_transition(self.arrays, codes.numpy(), self.transition_dim))
+                block = new_item_transition(
+                    self.transition_tables, codes.numpy(), self.transition_dim
+                )
+                parts.append(block)
             if self.popularity is not None:  # the ridge prediction from the semantic ID
                 weights, bias = self.popularity
                 parts.append((s.double().numpy() @ weights + bias)[:, None])

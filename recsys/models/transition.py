@@ -268,15 +268,22 @@ def transition_history(block: TransitionBlock | None, users: np.ndarray, items: 
     return True
 
 
-def new_item_transition(arrays, codes: np.ndarray, dim: int) -> np.ndarray:
+def transition_code_tables(arrays) -> list[np.ndarray]:
+    """The block's per-level target code tables saved by an item encoder
+    (``transition_code_emb_{level}`` in ``arrays``; none for an ID-only block)."""
+    tables = []
+    while f"transition_code_emb_{len(tables)}" in arrays:
+        tables.append(np.asarray(arrays[f"transition_code_emb_{len(tables)}"]))
+    return tables
+
+
+def new_item_transition(tables: list[np.ndarray], codes: np.ndarray, dim: int) -> np.ndarray:
     """Serving: the block's columns ``(N, dim)`` for new items with codes ``(N, L)``, as
     training scores a cold item: zeros (no ID row), plus the per-level target code rows
-    (``transition_code_emb_{level}`` in ``arrays``) when the block embeds codes."""
+    ``tables`` (:func:`transition_code_tables`) when the block embeds codes."""
     out = np.zeros((len(codes), dim))
-    level = 0
-    while f"transition_code_emb_{level}" in arrays:
-        out += arrays[f"transition_code_emb_{level}"][codes[:, level]]
-        level += 1
+    for level, table in enumerate(tables):
+        out += table[codes[:, level]]
     return out
 
 

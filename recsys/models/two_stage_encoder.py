@@ -20,7 +20,7 @@ import pandas as pd
 
 from recsys.models.content_encoder import ContentVectors
 from recsys.models.quantizer import load_quantizer
-from recsys.models.transition import new_item_transition
+from recsys.models.transition import new_item_transition, transition_code_tables
 from recsys.serve.content import register_item_encoder
 
 
@@ -30,7 +30,7 @@ class TwoStageItemEncoder:
         self.content = ContentVectors(folder, spec["modalities"], spec["modality_weights"])
         self.quantizer = load_quantizer(folder / "quantizer.pt")
         arrays = np.load(folder / "arrays.npz")
-        self.arrays = {k: arrays[k] for k in arrays.files if k.startswith("transition_code_emb_")}
+        self.transition_tables = transition_code_tables(arrays)
         self.code_emb = [arrays[f"code_emb_{level}"] for level in range(spec["levels"])]
         self.suffix = arrays["suffix_emb_0"]
         self.projection = arrays["projection"] if "projection" in arrays else None
@@ -48,7 +48,7 @@ class TwoStageItemEncoder:
             ego += x @ self.projection.T
         sids = np.concatenate([codes, np.zeros((len(x), 1), dtype=codes.dtype)], axis=1)
         # the next-item block: no ID row for a new item, its codes' rows if the block has them
-        block = new_item_transition(self.arrays, codes, self.transition_dim)
+        block = new_item_transition(self.transition_tables, codes, self.transition_dim)
         final = np.concatenate([ego / (self.layers + 1), block], axis=1)
         return final.astype(np.float32), sids.astype(np.int64)
 
