@@ -47,10 +47,7 @@ def queries(run: RunFolder) -> dict[str, np.ndarray]:
         seq = group["item_idx"].to_numpy()
         out["mean"][u] = items[seq].mean(axis=0)
         if history is not None:
-            codes = present = None
-            if sids is not None:
-                codes, present = sids.codes[seq], sids.present[seq]
-            out["history_query"][u] = history.query(items[seq], seq, codes, present)
+            out["history_query"][u] = history.query_items(items[seq], seq, sids)
     return out
 
 

@@ -135,10 +135,7 @@ def test_anonymous_query_equals_the_known_users_vector(trained):
     users, items = run.embeddings()
     snap = state.snapshot
     for u, history in list(_known_histories(run).items())[:10]:
-        codes = present = None
-        if snap.sids is not None:
-            codes, present = snap.sids.codes[history], snap.sids.present[history]
-        query = state.history_query.query(items[history], history, codes, present)
+        query = state.history_query.query_items(items[history], history, snap.sids)
         # every column the model's own user vector has, but its own ID embedding's
         np.testing.assert_allclose(query[free:], users[u, free:], rtol=1e-4, atol=1e-5)
     # the HTTP route uses it: the order of the history matters now
@@ -155,9 +152,6 @@ def test_anonymous_query_equals_the_known_users_vector(trained):
 def query_topk(state: ServingState, items: np.ndarray, history: np.ndarray, k: int) -> list[str]:
     """Brute force: the anonymous query against every item, the history excluded."""
     snap = state.snapshot
-    codes = present = None
-    if snap.sids is not None:
-        codes, present = snap.sids.codes[history], snap.sids.present[history]
-    scores = items @ state.history_query.query(items[history], history, codes, present)
+    scores = items @ state.history_query.query_items(items[history], history, snap.sids)
     scores[history] = -np.inf
     return [str(x) for x in state.snapshot.items.to_ids(np.argsort(-scores, kind="stable")[:k])]

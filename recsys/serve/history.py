@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recsys.artifacts import RunFolder
 from recsys.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from recsys.index.semantic import SemanticIds
 
 
 def history_query_dir(run: RunFolder) -> Path:
@@ -96,6 +99,15 @@ class HistoryQuery:
             rows[added] += self.arrays[f"{name}_code_{level}"][codes[added, level]]
             level += 1
         return rows
+
+    def query_items(
+        self, vectors: np.ndarray, items: np.ndarray, sids: SemanticIds | None
+    ) -> np.ndarray:
+        """:meth:`query` with the history's codes looked up in ``sids`` (the served
+        semantic IDs, catalogue and added items; None for a run without them)."""
+        if sids is None:
+            return self.query(vectors, items)
+        return self.query(vectors, items, sids.codes[items], sids.present[items])
 
     def query(
         self,

@@ -231,10 +231,9 @@ class ServingState:
         if self.history_query is None:
             query = snap.index.vectors[hist_arr].mean(axis=0)
         else:  # the model's own user of these items, in this order
-            codes = present = None
-            if snap.sids is not None:
-                codes, present = snap.sids.codes[hist_arr], snap.sids.present[hist_arr]
-            query = self.history_query.query(snap.index.vectors[hist_arr], hist_arr, codes, present)
+            query = self.history_query.query_items(
+                snap.index.vectors[hist_arr], hist_arr, snap.sids
+            )
         return self._recommend(snap, query, k, excluded, hist_arr)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:
