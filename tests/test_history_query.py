@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from recsys.artifacts import RunFolder
@@ -62,6 +63,101 @@ def test_segments_by_hand(tmp_path):
     np.testing.assert_allclose(got[2:4], w_two[1] * source[2], rtol=1e-6)
 
 
+def test_overlapping_segments_add_and_count_power_scales(tmp_path):
+    table = np.array([[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]])
+    segments = [
+        {"columns": [0, 2], "pool": "table", "table": "t", "decay": 1.0, "window": None,
+         "count_power": 0.5},
+        {"columns": [0, 2], "pool": "items", "decay": 0.5, "window": None, "scale": 2.0},
+        {"columns": [1, 2], "constant": 0.25},
+    ]  # fmt: skip
+    _write(tmp_path / "q", segments, t=table)
+    vectors = np.array([[1.0, 0.0, 4.0], [0.0, 1.0, 8.0]])
+    got = HistoryQuery(tmp_path / "q", dim=3).query(vectors, np.array([0, 2]))
+    folded = (table[0] + table[2]) / np.sqrt(2)  # mean × 2^0.5 = Σ / √2
+    recent = 2.0 * (vectors[0, :2] / 3 + 2 * vectors[1, :2] / 3)
+    expected = np.array([folded[0] + recent[0], folded[1] + recent[1] + 0.25, 6.0])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def _described(tmp_path, model, dim: int) -> HistoryQuery:
+    """The model's ``history_query()`` written as the runner writes it, read back."""
+    segments, arrays = model.history_query()
+    _write(tmp_path / "hq", segments, **arrays)
+    return HistoryQuery(tmp_path / "hq", dim=dim)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_lightgcn_fold_in_is_the_readout_without_the_users_own_embedding(tmp_path, layers):
+    """Dense reference: a training user queried with exactly their training items gets
+    mean_l (Â^l E)_u minus their own layer-0 row / (L+1) (the fold-in's definition)."""
+    from test_models import dense_norm_adj
+
+    from recsys.models import TrainingGraph
+    from recsys.models.lightgcn import LightGCN, LightGCNConfig
+
+    torch.manual_seed(0)
+    users = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
+    items = np.array([0, 1, 2, 1, 3, 0, 2, 4, 4, 3])  # item 5 has no edge
+    graph = TrainingGraph(4, 6, users, items)
+    model = LightGCN(LightGCNConfig(dim=4, layers=layers), graph)
+    e = model.gcn.embedding.weight.detach().double().numpy()
+    a = dense_norm_adj(users, items, 4, 6)
+    layer, total = e, e.copy()
+    for _ in range(layers):
+        layer = a @ layer
+        total = total + layer
+    readout = total / (layers + 1)
+    query = _described(tmp_path, model, dim=4)
+    vectors = np.zeros((3, 4))  # the item vectors play no part: every column is folded in
+    for u in range(4):
+        history = items[users == u]
+        expected = readout[u] - e[u] / (layers + 1)
+        got = query.query(vectors[: len(history)], history)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # an item without training interactions adds nothing; order does not matter
+    np.testing.assert_allclose(
+        query.query(vectors, np.array([5, 4, 3])) * np.sqrt(3),
+        query.query(vectors[:2], np.array([3, 4])) * np.sqrt(2),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("kind", ["two_stage", "das"])
+def test_semantic_models_fold_in_their_collaborative_users(tmp_path, kind):
+    """Two-stage and DAS (concat, β pool + block): a training user's query from their
+    training items equals their scoring vector on the collaborative columns minus their
+    own ID row / (L+1), and on the block's columns exactly."""
+    from test_semantic_models import synthetic_content_graph
+
+    from recsys.models import build_model
+    from recsys.models.das import DASConfig
+    from recsys.models.two_stage import TwoStageConfig
+
+    torch.manual_seed(0)
+    graph, _ = synthetic_content_graph()
+    block = {"transition_dim": 3, "transition_codes": True}
+    if kind == "two_stage":
+        quantizer = {"kind": "rqkmeans", "levels": 2, "codebook_size": 4}
+        config = TwoStageConfig(dim=8, layers=2, quantizer=quantizer, **block)
+    else:
+        raw = {**CONCAT, "popularity_weight": 0.0, "dim": 8, "pop_dim": 0, "layers": 2}
+        config = DASConfig.model_validate(raw)
+    model = build_model(config, graph)
+    model.eval()
+    with torch.no_grad():
+        users, items = (x.double().numpy() for x in model.embeddings())
+        own = model.user.weight.double().numpy() / 3  # (L+1) = 3
+    query = _described(tmp_path, model, dim=users.shape[1])
+    semantic = slice(8, users.shape[1] - 3)  # DAS: γ × pooled semantic vectors
+    for u in range(5):
+        history = graph.train_items[graph.train_users == u]
+        got = query.query(items[history], history)
+        np.testing.assert_allclose(got[:8], users[u, :8] - own[u], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[semantic], users[u, semantic], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[-3:], users[u, -3:], rtol=1e-4, atol=1e-5)
+
+
 def test_bad_folder_is_named(tmp_path):
     _write(tmp_path / "q", [{"columns": [0, 9], "constant": 1.0}])
     with pytest.raises(ArtifactError, match=r"segments\[0\].*columns"):
@@ -72,6 +168,9 @@ def test_bad_folder_is_named(tmp_path):
     _write(tmp_path / "s", [{"columns": [0, 2], "pool": "items", "decay": 0}])
     with pytest.raises(ArtifactError, match="decay"):
         HistoryQuery(tmp_path / "s", dim=4)
+    _write(tmp_path / "t", [{"columns": [0, 2], "pool": "items", "decay": 1, "count_power": 2}])
+    with pytest.raises(ArtifactError, match=r"segments\[0\].*count_power"):
+        HistoryQuery(tmp_path / "t", dim=4)
 
 
 CONCAT = {

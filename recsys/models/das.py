@@ -59,6 +59,7 @@ from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
 from recsys.models.content import content_item_matrix, popularity_regressor
 from recsys.models.fusion import FusionConfig, ModalityFusion
+from recsys.models.graph import fold_in_segment
 from recsys.models.losses import (
     bpr_loss,
     in_batch_softmax_loss,
@@ -916,26 +917,29 @@ class DualAlignedSemanticIDs(Recommender):
     # ------------------------------------------------------------------- serving
     def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]] | None:
         """An anonymous user's query (``RUN/history_query/``) in concat mode: the user
-        vector's formula without the user's own ID embedding (β × the recency-weighted
-        history of collaborative item vectors; γ × that of semantic ones), the block's
-        columns and the popularity weight λ. Add mode: None (the mean of their items)."""
+        vector's formula without the user's own ID embedding (its propagated part folded
+        in from their items, plus β × the recency-weighted history of collaborative item
+        vectors; γ × that of semantic ones), the block's columns and the popularity
+        weight λ. Add mode: None (the mean of their items)."""
         if not self.concat:
             return None
         cfg, d = self.config, self.config.dim
-        segments: list[dict] = []
-        arrays: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            item_out = self.item_tower(None)
+            _, _, _, ego = self._concat_vectors(item_out, None)
+            fold_in, arrays = fold_in_segment(self.propagation.fold_in_rows(self.user.weight, ego))
+        segments: list[dict] = [fold_in]
         recency = {"pool": "items", "decay": cfg.history_decay, "window": None}
         if self.collab_history:
             segments.append({"columns": [0, d], **recency, "scale": cfg.user_history_weight})
-        with torch.no_grad():
-            item_out = self.item_tower(None)
         semantic = self.user_tower is not None or self.pool_history
         width = d + (item_out.quantized.shape[1] if semantic else 0)
         if self.pool_history:  # a user tower's semantic vector: left to the mean
             segments.append({"columns": [d, width], **recency, "scale": self.semantic_weight()})
         if self.transition is not None:
-            segment, arrays = transition_query_segment(self.transition, width, item_out.codes)
+            segment, block_arrays = transition_query_segment(self.transition, width, item_out.codes)
             segments.append(segment)
+            arrays.update(block_arrays)
             width += self.transition.source.embedding_dim
         if cfg.popularity_weight > 0:
             segments.append({"columns": [width, width + 1], "constant": cfg.popularity_weight})

@@ -74,3 +74,41 @@ def layer_mean_propagation(x: Tensor, adj: Tensor, convs: torch.nn.ModuleList) -
         h = conv(h, adj)
         out = out + h
     return out / (len(convs) + 1)
+
+
+def fold_in_item_rows(
+    x: Tensor, adj: Tensor, convs: torch.nn.ModuleList, n_users: int, item_degree: np.ndarray
+) -> Tensor:
+    """Per-item rows ``T (I, D)`` that fold a user outside the graph into the layer-mean
+    readout of :func:`layer_mean_propagation`: with no embedding of their own (layer 0 is
+    zero), the user's layer ``l`` is ``Σ_{i∈H} e_i^(l-1) / sqrt(|H| d_i)`` over their
+    items ``H``, so their readout is ``|H|^(-1/2) Σ_{i∈H} T_i`` with
+    ``T_i = Σ_{l<L} e_i^(l) / ((L+1) sqrt(d_i))``, zero for an item without training
+    interactions (``d_i = 0``).  A training user queried with exactly their training
+    items gets their own readout minus ``e_u^(0) / (L+1)``; a new user's items' degrees
+    are taken as trained (the usual fold-in approximation).
+
+    x: ``(U+I, D)`` layer-0 node embeddings (users first); item_degree: ``(I,)``.
+    """
+    h, total = x, torch.zeros_like(x)
+    for conv in convs:
+        total = total + h
+        h = conv(h, adj)
+    degree = torch.as_tensor(item_degree, dtype=x.dtype, device=x.device)
+    scale = torch.where(degree > 0, degree.clamp(min=1).rsqrt(), torch.zeros_like(degree))
+    return total[n_users:] * scale[:, None] / (len(convs) + 1)
+
+
+def fold_in_segment(rows: Tensor) -> tuple[dict, dict[str, np.ndarray]]:
+    """The propagated columns ``[0, D)`` of an anonymous user's query
+    (``RUN/history_query/``, :mod:`recsys.serve.history`): ``|H|^(-1/2) Σ_{i∈H} T_i``
+    over the rows of :func:`fold_in_item_rows` (a uniform mean times ``|H|^(1/2)``)."""
+    segment = {
+        "columns": [0, int(rows.shape[1])],
+        "pool": "table",
+        "table": "fold_in",
+        "decay": 1.0,
+        "window": None,
+        "count_power": 0.5,
+    }
+    return segment, {"fold_in": rows.detach().cpu().numpy()}

@@ -9,7 +9,12 @@ from torch import Tensor, nn
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
 from recsys.models.base import Recommender, TrainingGraph, register_model
-from recsys.models.graph import SymmetricLGConv, normalized_adjacency
+from recsys.models.graph import (
+    SymmetricLGConv,
+    fold_in_item_rows,
+    fold_in_segment,
+    normalized_adjacency,
+)
 from recsys.models.mf import PairwiseConfig, pairwise_loss
 from recsys.models.transition import (
     TransitionFields,
@@ -46,6 +51,7 @@ class LightGCN(Recommender):
         )
         # Not a buffer: it is derived from the data, and sparse CSR does not serialise.
         self.adj = adj
+        self.item_degree = graph.item_counts()
         self.transition = transition_block(config, graph)
 
     def _apply(self, fn, recurse=True):  # keep the adjacency on the model's device
@@ -63,13 +69,20 @@ class LightGCN(Recommender):
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
         return transition_history(self.transition, users, items)
 
-    def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]] | None:
-        """An anonymous user's query (``RUN/history_query/``): the block's columns as
-        trained; the propagated part stays the mean of their items."""
-        if self.transition is None:
-            return None
-        segment, arrays = transition_query_segment(self.transition, self.config.dim)
-        return [segment], arrays
+    def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]]:
+        """An anonymous user's query (``RUN/history_query/``): the propagated columns
+        folded in from their items (:func:`fold_in_item_rows`; PyG's readout is the
+        same layer mean) and the block's columns as trained."""
+        rows = fold_in_item_rows(
+            self.gcn.embedding.weight, self.adj, self.gcn.convs, self.n_users, self.item_degree
+        )
+        segment, arrays = fold_in_segment(rows)
+        segments = [segment]
+        if self.transition is not None:
+            block, block_arrays = transition_query_segment(self.transition, self.config.dim)
+            segments.append(block)
+            arrays.update(block_arrays)
+        return segments, arrays
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         users_all, items_all = self.propagate()

@@ -9,7 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from recsys.models.base import TrainingGraph
-from recsys.models.graph import SymmetricLGConv, layer_mean_propagation, normalized_adjacency
+from recsys.models.graph import (
+    SymmetricLGConv,
+    fold_in_item_rows,
+    layer_mean_propagation,
+    normalized_adjacency,
+)
 from recsys.models.quantizer import assign_semantic_ids, codebook_stats
 
 
@@ -24,6 +29,7 @@ class GraphPropagation(nn.Module):
         self.adj = normalized_adjacency(
             graph.train_users, graph.train_items, graph.n_users, graph.n_items
         )
+        self.item_degree = graph.item_counts()
 
     def _apply(self, fn, recurse=True):  # the derived adjacency follows the module's device
         super()._apply(fn, recurse)
@@ -34,6 +40,11 @@ class GraphPropagation(nn.Module):
         """users ``(U, D)``, items ``(I, D)`` → propagated ``(U, D)``, ``(I, D)``."""
         out = layer_mean_propagation(torch.cat([users, items]), self.adj, self.convs)
         return out[: self.n_users], out[self.n_users :]
+
+    def fold_in_rows(self, users: Tensor, items: Tensor) -> Tensor:
+        """``(I, D)``: :func:`fold_in_item_rows` for these layer-0 embeddings."""
+        x = torch.cat([users, items])
+        return fold_in_item_rows(x, self.adj, self.convs, self.n_users, self.item_degree)
 
 
 def semantic_id_table(codes: Tensor, codebook_size: int) -> tuple[np.ndarray, dict[str, Any]]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from recsys.models.base import Recommender, TrainingGraph, register_model
 from recsys.models.content import content_item_matrix
+from recsys.models.graph import fold_in_segment
 from recsys.models.mf import PairwiseConfig, pairwise_loss
 from recsys.models.quantizer import QuantizerConfig, build_quantizer
 from recsys.models.semantic import GraphPropagation, semantic_id_table
@@ -114,13 +115,20 @@ class TwoStageSemanticIDs(Recommender):
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
         return transition_history(self.transition, users, items)
 
-    def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]] | None:
-        """An anonymous user's query (``RUN/history_query/``): the block's columns as
-        trained; the propagated part stays the mean of their items."""
-        if self.transition is None:
-            return None
-        segment, arrays = transition_query_segment(self.transition, self.config.dim, self._codes())
-        return [segment], arrays
+    def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]]:
+        """An anonymous user's query (``RUN/history_query/``): the propagated columns
+        folded in from their items (``GraphPropagation.fold_in_rows``) and the block's
+        columns as trained (code rows for items added since)."""
+        rows = self.propagation.fold_in_rows(self.user.weight, self.item_ego())
+        segment, arrays = fold_in_segment(rows)
+        segments = [segment]
+        if self.transition is not None:
+            block, block_arrays = transition_query_segment(
+                self.transition, self.config.dim, self._codes()
+            )
+            segments.append(block)
+            arrays.update(block_arrays)
+        return segments, arrays
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         ego_items = self.item_ego()

@@ -17,9 +17,13 @@ A model whose users are a function of their history ships ``RUN/history_query/``
       {"columns": [a, b], "constant": c}
     ]}
 
-Columns no segment names are the plain mean of the history's item vectors, which is also
-the whole query of a run without the folder. Serving never imports training code for
-this: the model that wrote the folder described its users in these terms.
+A pooling segment may also carry ``"count_power": p`` (0 ≤ p ≤ 1): its pooled vector is
+multiplied by ``n^p``, ``n`` the number of items its window covers (with decay 1,
+p = 0.5 gives ``n^(-1/2) Σ``: LightGCN's normalisation of a user folded into the graph).
+Segments naming the same columns add up; columns no segment names are the plain mean of
+the history's item vectors, which is also the whole query of a run without the folder.
+Serving never imports training code for this: the model that wrote the folder described
+its users in these terms.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class HistoryQuery:
             decay = segment.get("decay")
             if "pool" in segment and not (isinstance(decay, int | float) and 0 < decay <= 1):
                 raise ArtifactError(f"{where}: decay must lie in (0, 1], got {decay!r}")
+            power = segment.get("count_power", 0.0)
+            if not (isinstance(power, int | float) and 0 <= power <= 1):
+                raise ArtifactError(f"{where}: count_power must lie in [0, 1], got {power!r}")
 
     @classmethod
     def load(cls, run: RunFolder, dim: int) -> HistoryQuery | None:
@@ -120,12 +127,16 @@ class HistoryQuery:
         vectors are ``vectors (N, D)``; ``codes (N, L)``, ``present (N,)``: their semantic
         IDs, for table rows of items added after training."""
         query = vectors.mean(axis=0).astype(np.float64)
+        for segment in self.segments:  # named columns: the sum of their segments
+            a, b = segment["columns"]
+            query[a:b] = 0.0
         for segment in self.segments:
             a, b = segment["columns"]
             if "constant" in segment:
-                query[a:b] = float(segment["constant"])
+                query[a:b] += float(segment["constant"])
                 continue
-            weights = recency_weights(len(items), float(segment["decay"]), segment.get("window"))
+            window = segment.get("window")
+            weights = recency_weights(len(items), float(segment["decay"]), window)
             if segment["pool"] == "items":
                 rows = vectors[:, a:b]
             else:
@@ -133,5 +144,7 @@ class HistoryQuery:
             pooled = weights @ rows
             if segment.get("normalize", False):
                 pooled = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
-            query[a:b] = float(segment.get("scale", 1.0)) * pooled
+            covered = len(items) if window is None else min(len(items), window)
+            pooled = pooled * covered ** float(segment.get("count_power", 0.0))
+            query[a:b] += float(segment.get("scale", 1.0)) * pooled
         return query.astype(np.float32)
