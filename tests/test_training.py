@@ -120,6 +120,12 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypat
     assert sorted(curves["epoch"].dropna().unique().astype(int)) == [0, 1, 2, 3]
     for key, value in reference["test"].items():
         assert resumed["test"][key] == pytest.approx(value, abs=1e-6), key
+    # every logged value sits in its own column: the curve equals the uninterrupted one
+    expected = pd.read_csv(tmp_path / "runs" / "ref" / "logs" / "metrics.csv")
+    for column in ("val/ndcg@10", "val/recall@20", "train/loss"):
+        got = curves.dropna(subset=[column]).groupby("epoch")[column].last()
+        want = expected.dropna(subset=[column]).groupby("epoch")[column].last()
+        pd.testing.assert_series_equal(got, want, check_exact=False, atol=1e-6)
 
 
 def test_a_second_crash_loses_no_curve(tmp_path, tiny_table, monkeypatch):
@@ -139,6 +145,24 @@ def test_a_second_crash_loses_no_curve(tmp_path, tiny_table, monkeypatch):
     curves = pd.read_csv(run.log_dir / "metrics.csv")
     assert sorted(curves["epoch"].dropna().unique().astype(int)) == [0, 1, 2, 3]
     assert not (run.log_dir / "metrics.before-resume.csv").exists()
+
+
+def test_a_run_in_training_is_not_touched_by_a_second_train(tmp_path, tiny_table):
+    """Two `recsys train` on one folder (a resume started twice) would interleave their
+    checkpoints and logs: the second is refused, before even --fresh deletes anything."""
+    from filelock import FileLock
+
+    from recsys.errors import ConfigError
+
+    config = make_config(tmp_path, tiny_table, "busy")
+    run = train_run(config)
+    finished = run.metrics_path.read_bytes()
+    with FileLock(tmp_path / "runs" / ".busy.lock"):  # what a live training holds
+        with pytest.raises(ConfigError, match=r"busy is being trained by another process"):
+            train_run(config, fresh=True)
+    assert run.metrics_path.read_bytes() == finished
+    # released (as when that process ends or dies): training goes ahead again
+    assert train_run(config, fresh=True).metrics()["test"] == json.loads(finished)["test"]
 
 
 def test_existing_run_with_other_config_is_refused(tmp_path, tiny_table):

@@ -10,6 +10,8 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -60,6 +63,29 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has.*__len__.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+
+
+@contextmanager
+def run_folder_lock(config: RunConfig) -> Iterator[None]:
+    """One ``recsys train`` per run folder at a time: a second one (a resume started
+    twice, ``--fresh`` over a live run) is refused before it touches anything, instead of
+    both writing the same checkpoints and logs. The lock file sits beside the folder
+    (``--fresh`` deletes the folder) and is released by the OS when its process dies
+    (``flock``), so a crash leaves nothing to clean up."""
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output / f".{config.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(
+            f"{output / config.name} is being trained by another process; wait for it to"
+            " finish or choose another name=..."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def prepare_run_folder(config: RunConfig, fresh: bool) -> tuple[RunFolder, Path | None]:
@@ -361,6 +387,13 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
         borrowed_codes = borrowed_item_codes(
             Path(source), dataset.item_map.ids, config.model.quantizer
         )
+    with run_folder_lock(config):
+        return _train_into_folder(config, fresh, dataset, borrowed_codes)
+
+
+def _train_into_folder(
+    config: RunConfig, fresh: bool, dataset: SplitDataset, borrowed_codes: np.ndarray | None
+) -> RunFolder:
     run, resume = prepare_run_folder(config, fresh)
     run.write_data(
         dataset.user_map,
