@@ -886,7 +886,8 @@ class DualAlignedSemanticIDs(Recommender):
 
     def semantic_weight(self) -> float:
         """γ as it stands: the configured one, or the learned one."""
-        return float(self._gamma())
+        gamma = self._gamma()
+        return float(gamma.detach()) if isinstance(gamma, Tensor) else float(gamma)
 
     def epoch_metrics(self) -> dict[str, float]:
         codes = self.item_tower.codes()
