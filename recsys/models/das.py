@@ -77,10 +77,10 @@ from recsys.models.quantizer.core import QuantizerOutput, pairwise_sq_dists
 from recsys.models.semantic import GraphPropagation, semantic_id_table, warm_mask
 from recsys.models.transition import (
     TransitionFields,
+    add_transition_segment,
     batch_with_transition,
     transition_block,
     transition_history,
-    transition_query_segment,
     with_transition,
 )
 
@@ -687,14 +687,20 @@ class DualAlignedSemanticIDs(Recommender):
             interest = interest + self.config.semantic_weight * s
         return torch.cat([interest, pop], dim=1)
 
-    def _concat_vectors(self, item_out, user_out) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """concat mode: (final users, final items, collaborative users, item ego)."""
+    def _collaborative_item_ego(self, item_out) -> Tensor:
+        """concat mode: ``(I, D)`` layer-0 collaborative item rows (warm items' ID rows,
+        per-level code embeddings and, for warm items, the suffix embedding)."""
         ego = self.item.weight * self.warm[:, None]
         if self.item_code_emb is not None:
             for level, emb in enumerate(self.item_code_emb):
                 ego = ego + emb(item_out.codes[:, level])
             suffix = assign_semantic_ids(item_out.codes)[:, -1].to(ego.device)
             ego = ego + self.item_suffix_emb(suffix) * self.warm_items[:, None]
+        return ego
+
+    def _concat_vectors(self, item_out, user_out) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """concat mode: (final users, final items, collaborative users, item ego)."""
+        ego = self._collaborative_item_ego(item_out)
         c_u, c_i = self.propagation(self.user.weight, ego)
         if self.collab_history:
             c_u = c_u + self.config.user_history_weight * torch.sparse.mm(self.history_pool, c_i)
@@ -927,7 +933,7 @@ class DualAlignedSemanticIDs(Recommender):
         cfg, d = self.config, self.config.dim
         with torch.no_grad():
             item_out = self.item_tower(None)
-            _, _, _, ego = self._concat_vectors(item_out, None)
+            ego = self._collaborative_item_ego(item_out)
             fold_in, arrays = fold_in_segment(self.propagation.fold_in_rows(self.user.weight, ego))
         segments: list[dict] = [fold_in]
         recency = {"pool": "items", "decay": cfg.history_decay, "window": None}
@@ -937,11 +943,7 @@ class DualAlignedSemanticIDs(Recommender):
         width = d + (item_out.quantized.shape[1] if semantic else 0)
         if self.pool_history:  # a user tower's semantic vector: left to the mean
             segments.append({"columns": [d, width], **recency, "scale": self.semantic_weight()})
-        if self.transition is not None:
-            segment, block_arrays = transition_query_segment(self.transition, width, item_out.codes)
-            segments.append(segment)
-            arrays.update(block_arrays)
-            width += self.transition.source.embedding_dim
+        width = add_transition_segment(segments, arrays, self.transition, width, item_out.codes)
         if cfg.popularity_weight > 0:
             segments.append({"columns": [width, width + 1], "constant": cfg.popularity_weight})
         return segments, arrays

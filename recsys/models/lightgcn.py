@@ -18,10 +18,10 @@ from recsys.models.graph import (
 from recsys.models.mf import PairwiseConfig, pairwise_loss
 from recsys.models.transition import (
     TransitionFields,
+    add_transition_segment,
     batch_with_transition,
     transition_block,
     transition_history,
-    transition_query_segment,
     with_transition,
 )
 
@@ -78,10 +78,7 @@ class LightGCN(Recommender):
         )
         segment, arrays = fold_in_segment(rows)
         segments = [segment]
-        if self.transition is not None:
-            block, block_arrays = transition_query_segment(self.transition, self.config.dim)
-            segments.append(block)
-            arrays.update(block_arrays)
+        add_transition_segment(segments, arrays, self.transition, self.config.dim)
         return segments, arrays
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -287,21 +287,31 @@ def new_item_transition(tables: list[np.ndarray], codes: np.ndarray, dim: int) -
     return out
 
 
-def transition_query_segment(
-    block: TransitionBlock, start: int, codes: Tensor | None = None
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """The block's part of an anonymous user's query (``RUN/history_query/``, see
-    :mod:`recsys.serve.history`): its columns from ``start`` pool the history's source
-    rows as training does; items added after training get their codes' source rows."""
+def add_transition_segment(
+    segments: list[dict],
+    arrays: dict[str, np.ndarray],
+    block: TransitionBlock | None,
+    start: int,
+    codes: Tensor | None = None,
+) -> int:
+    """Append the block's part of an anonymous user's query (``RUN/history_query/``, see
+    :mod:`recsys.serve.history`) to ``segments`` / ``arrays``: its columns from ``start``
+    pool the history's source rows as training does; items added after training get
+    their codes' source rows. Returns the end of its columns (``start`` without a block)."""
+    if block is None:
+        return start
     with torch.no_grad():
-        arrays = {"source": block.source_rows(codes).cpu().numpy()}
+        arrays["source"] = block.source_rows(codes).cpu().numpy()
         for level, table in enumerate(block.source_codes or []):
             arrays[f"source_code_{level}"] = table.weight.detach().cpu().numpy()
-    segment = {
-        "columns": [start, start + block.source.embedding_dim],
-        "pool": "table",
-        "table": "source",
-        "decay": block.decay,
-        "window": block.window,
-    }
-    return segment, arrays
+    end = start + block.source.embedding_dim
+    segments.append(
+        {
+            "columns": [start, end],
+            "pool": "table",
+            "table": "source",
+            "decay": block.decay,
+            "window": block.window,
+        }
+    )
+    return end

@@ -26,10 +26,10 @@ from recsys.models.quantizer import QuantizerConfig, build_quantizer
 from recsys.models.semantic import GraphPropagation, semantic_id_table
 from recsys.models.transition import (
     TransitionFields,
+    add_transition_segment,
     batch_with_transition,
     transition_block,
     transition_history,
-    transition_query_segment,
     with_transition,
 )
 
@@ -122,12 +122,7 @@ class TwoStageSemanticIDs(Recommender):
         rows = self.propagation.fold_in_rows(self.user.weight, self.item_ego())
         segment, arrays = fold_in_segment(rows)
         segments = [segment]
-        if self.transition is not None:
-            block, block_arrays = transition_query_segment(
-                self.transition, self.config.dim, self._codes()
-            )
-            segments.append(block)
-            arrays.update(block_arrays)
+        add_transition_segment(segments, arrays, self.transition, self.config.dim, self._codes())
         return segments, arrays
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
