@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys.eval.metrics import first_hit_rank, metrics_from_hits, reciprocal_rank
-from recsys.eval.ranking import evaluate, iter_topk
+from recsys.eval.ranking import evaluate, iter_topk, per_user_metrics
 
 L3 = 1.0 / math.log2(3)  # discount of rank 2
 L4 = 1.0 / math.log2(4)  # discount of rank 3 (= 0.5)
@@ -192,6 +192,7 @@ def reference_evaluate(scores, truth, exclude, ks, candidates=None):
     rr, n_eval = 0.0, 0
     seen = {k: set() for k in ks}
     lists = {}
+    per_user = {key: {} for key in [*sums, "rr"]}  # metric → {evaluated user: value}
     for u in range(n_users):
         rel = truth[u] & set(cand)
         valid = [i for i in cand if i not in exclude[u] and scores[u][i] != -math.inf]
@@ -204,19 +205,22 @@ def reference_evaluate(scores, truth, exclude, ks, candidates=None):
             top = ranked[:k]
             seen[k].update(top)
             h = [i in rel for i in top]
-            sums[f"recall@{k}"] += sum(h) / len(rel)
             dcg = sum(1 / math.log2(r + 2) for r, x in enumerate(h) if x)
             idcg = sum(1 / math.log2(r + 2) for r in range(min(len(rel), k)))
-            sums[f"ndcg@{k}"] += dcg / idcg
-            sums[f"hr@{k}"] += 1.0 if any(h) else 0.0
+            per_user[f"recall@{k}"][u] = sum(h) / len(rel)
+            per_user[f"ndcg@{k}"][u] = dcg / idcg
+            per_user[f"hr@{k}"][u] = 1.0 if any(h) else 0.0
+            for m in ("recall", "ndcg", "hr"):
+                sums[f"{m}@{k}"] += per_user[f"{m}@{k}"][u]
         first_hit = next((pos for pos, i in enumerate(ranked) if i in rel), None)
-        if first_hit is not None:  # the full ranked list, ties by index like the top-k
-            rr += 1 / (1 + first_hit)
+        # the full ranked list, ties by index like the top-k
+        per_user["rr"][u] = 0.0 if first_hit is None else 1 / (1 + first_hit)
+        rr += per_user["rr"][u]
     out = {key: v / n_eval for key, v in sums.items()}
     out.update({f"coverage@{k}": len(seen[k]) / len(cand) for k in ks})
     out["mrr"] = rr / n_eval
     out["n_users"] = n_eval
-    return out, lists
+    return out, lists, per_user
 
 
 def random_case(seed: int, n_users=50, n_items=40, ties=False):
@@ -240,7 +244,7 @@ def test_against_reference(ties, use_candidates):
     n_users, n_items = s.shape
     cand = np.arange(0, n_items, 3) if use_candidates else None
     ks = (1, 5, 10, 20)
-    exp, lists = reference_evaluate(s.tolist(), truth, excl, ks, cand)
+    exp, lists, _ = reference_evaluate(s.tolist(), truth, excl, ks, cand)
     fn = table_fn(torch.from_numpy(s))
     got = evaluate(fn, csr(truth, n_items), csr(excl, n_items), ks, cand, batch_size=16)
     assert set(got) == set(exp)
@@ -254,6 +258,25 @@ def test_against_reference(ties, use_candidates):
             want = lists[u][:k]
             assert row == want + [-1] * (k - len(want)), u
             assert vrow[: len(want)] == pytest.approx([float(s[u, i]) for i in want])
+
+
+@pytest.mark.parametrize("use_candidates", [False, True])
+def test_per_user_metrics_against_reference(use_candidates):
+    s, truth, excl = random_case(11 + use_candidates, ties=True)
+    n_users, n_items = s.shape
+    cand = np.arange(0, n_items, 3) if use_candidates else None
+    ks = (1, 5, 20)
+    _, _, want = reference_evaluate(s.tolist(), truth, excl, ks, cand)
+    fn = table_fn(torch.from_numpy(s))
+    users, got = per_user_metrics(fn, csr(truth, n_items), csr(excl, n_items), ks, cand, 16)
+    assert users.tolist() == sorted(want["rr"])  # the evaluated users, ascending
+    assert set(got) == set(want)
+    for key, values in want.items():
+        np.testing.assert_allclose(got[key], [values[u] for u in users.tolist()], atol=1e-9)
+    # their means are evaluate()'s metrics
+    summary = evaluate(fn, csr(truth, n_items), csr(excl, n_items), ks, cand, 16)
+    assert got["rr"].mean() == pytest.approx(summary["mrr"], abs=1e-12)
+    assert got["ndcg@5"].mean() == pytest.approx(summary["ndcg@5"], abs=1e-12)
 
 
 def test_batch_size_invariance():

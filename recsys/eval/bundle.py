@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from recsys.artifacts import RunFolder
 from recsys.data.splits import TEST, TRAIN, VALID
-from recsys.eval.ranking import evaluate
+from recsys.eval.ranking import evaluate, per_user_metrics
+
+
+def _protocol_matrices(run: RunFolder, split: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``truth, exclude`` of ``split``: what is relevant and what the protocol masks."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    truth = run.matrix(TEST if split == "test" else VALID)
+    exclude = run.matrix(TRAIN, VALID) if split == "test" else run.matrix(TRAIN)
+    return truth, exclude
 
 
 def evaluate_scores(
@@ -20,10 +31,7 @@ def evaluate_scores(
 ) -> dict[str, float]:
     """Full-ranking metrics of ``split`` for ``score`` (user indices ``(B,)`` → ``(B,
     n_items)``) on this run's data, masking what the protocol masks."""
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    truth = run.matrix(TEST if split == "test" else VALID)
-    exclude = run.matrix(TRAIN, VALID) if split == "test" else run.matrix(TRAIN)
+    truth, exclude = _protocol_matrices(run, split)
     return evaluate(
         score, truth, exclude, ks=ks, candidates=run.candidates(split), batch_size=batch_size
     )
@@ -37,6 +45,18 @@ def evaluate_run(
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     user, item = (torch.from_numpy(a) for a in run.embeddings(split))
     return evaluate_scores(run, split, lambda u: user[u] @ item.T, ks, batch_size)
+
+
+def per_user_run_metrics(
+    run: RunFolder, split: str = "test", ks: Sequence[int] = (10, 20), batch_size: int = 1024
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-user values behind :func:`evaluate_run` (``users (N,)`` and ``(N,)`` arrays, as
+    :func:`recsys.eval.ranking.per_user_metrics`), from the run's saved embeddings."""
+    truth, exclude = _protocol_matrices(run, split)
+    user, item = (torch.from_numpy(a) for a in run.embeddings(split))
+    return per_user_metrics(
+        lambda u: user[u] @ item.T, truth, exclude, ks, run.candidates(split), batch_size
+    )
 
 
 HEADLINE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10", "mrr", "coverage@20")

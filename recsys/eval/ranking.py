@@ -221,6 +221,23 @@ def iter_topk(
         yield chunk, _to_global(cols.cpu(), cand_t), vals.cpu()
 
 
+def per_user_metrics(
+    score_fn: ScoreFn,
+    truth: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    ks: Sequence[int] = (5, 10, 20),
+    candidates: np.ndarray | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The per-user values that :func:`evaluate` averages (for paired comparisons).
+
+    Returns ``users (N,)``, the evaluated user rows (those with a relevant item, ascending),
+    and ``{"recall@k", "ndcg@k", "hr@k", "rr"}``, each ``(N,)`` float64 aligned with
+    ``users``; ``rr`` is the reciprocal rank whose mean is ``mrr``.
+    """
+    return _evaluate(score_fn, truth, exclude, ks, candidates, batch_size, False)[1:]
+
+
 def evaluate(
     score_fn: ScoreFn,
     truth: sp.csr_matrix,
@@ -249,6 +266,19 @@ def evaluate(
         number of distinct items in any evaluated user's top-k over the number of candidate
         items. With no evaluable user the metrics are NaN and ``n_users`` is 0.
     """
+    return _evaluate(score_fn, truth, exclude, ks, candidates, batch_size, progress)[0]
+
+
+def _evaluate(
+    score_fn: ScoreFn,
+    truth: sp.csr_matrix,
+    exclude: sp.csr_matrix | None,
+    ks: Sequence[int],
+    candidates: np.ndarray | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[str, float], np.ndarray, dict[str, np.ndarray]]:
+    """:func:`evaluate`'s metrics, the evaluated users and their per-user values."""
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive cut-offs, got {ks}")
@@ -274,10 +304,11 @@ def evaluate(
     users = np.flatnonzero(n_rel_all > 0).astype(np.int64)
 
     keys = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hr")]
+    per_user: dict[str, list[np.ndarray]] = {key: [] for key in [*keys, "rr"]}
     if len(users) == 0:
         out = dict.fromkeys(keys, math.nan)
         out.update({f"coverage@{k}": math.nan for k in ks}, mrr=math.nan, n_users=0)
-        return out
+        return out, users, {key: np.zeros(0) for key in per_user}
 
     sums = dict.fromkeys(keys, 0.0)
     rr_sum = 0.0
@@ -308,9 +339,10 @@ def evaluate(
         top_keys = np.arange(len(chunk))[:, None] * (n_items + 1) + flat
         hits = np.isin(top_keys, r * (n_items + 1) + c) & (flat >= 0)
         n_rel = torch.from_numpy(n_rel_all[chunk])
-        per_user = metrics_from_hits(torch.from_numpy(hits), n_rel, ks)
+        chunk_metrics = metrics_from_hits(torch.from_numpy(hits), n_rel, ks)
         for key in keys:
-            sums[key] += float(per_user[key].sum())
+            sums[key] += float(chunk_metrics[key].sum())
+            per_user[key].append(chunk_metrics[key].numpy())
 
         # Full-ranking MRR: best relevant score per user; excluded/invalid items are -inf,
         # so they neither count as relevant nor as items ranked above it.
@@ -331,7 +363,9 @@ def evaluate(
         )
         n_above = ahead.sum(dim=1, dtype=torch.int32).long()
         rank = torch.where(best_rel > NEG_INF, n_above + 1, torch.zeros_like(n_above))
-        rr_sum += float(reciprocal_rank(rank.cpu()).sum())
+        rr = reciprocal_rank(rank.cpu())
+        rr_sum += float(rr.sum())
+        per_user["rr"].append(rr.to(torch.float64).numpy())
 
         pos = np.broadcast_to(np.arange(max_k), flat.shape)
         valid = flat >= 0
@@ -343,4 +377,4 @@ def evaluate(
         out[f"coverage@{k}"] = float(np.count_nonzero(best_pos < k)) / n_cand
     out["mrr"] = rr_sum / n_users
     out["n_users"] = n_users
-    return out
+    return out, users, {key: np.concatenate(parts) for key, parts in per_user.items()}
