@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from recsys.config import StrictModel
 from recsys.models.base import TrainingGraph
@@ -161,12 +162,19 @@ class TransitionBlock(nn.Module):
     def _pool(self, items: Tensor, weights: Tensor, codes: Tensor | None) -> Tensor:
         """items, weights ``(N, window)`` → ``(N, dim)``: Σ_k w_k P[j_k] (ID rows of warm
         items only; code rows, given item codes ``(I, L)``, of every real item)."""
-        rows = self.source(items) * self.warm[items][..., None]
+        # embedding_bag sums the weighted rows without materialising (N, window, dim): about
+        # 3× faster forward + backward than gather, mask and sum at window 20
+        pooled = F.embedding_bag(
+            items, self.source.weight, per_sample_weights=weights * self.warm[items], mode="sum"
+        )
         if self.source_codes is not None and codes is not None:
-            real = items < self.n_items  # the padding item has no codes
-            code_rows = self._code_sum(self.source_codes, codes[items.clamp(max=self.n_items - 1)])
-            rows = rows + code_rows * real[..., None]
-        return (weights[..., None] * rows).sum(dim=1)
+            real = weights * (items < self.n_items)  # the padding item has no codes
+            item_codes = codes[items.clamp(max=self.n_items - 1)]  # (N, window, L)
+            for level, table in enumerate(self.source_codes):
+                pooled = pooled + F.embedding_bag(
+                    item_codes[..., level], table.weight, per_sample_weights=real, mode="sum"
+                )
+        return pooled
 
     def user_vectors(self, codes: Tensor | None = None) -> Tensor:
         """``(U, dim)``: each user's query for the item after their whole history
