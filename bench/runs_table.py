@@ -73,17 +73,27 @@ def update(doc: Path, section: str, body: str) -> None:
     doc.write_text(text)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+def section_arguments(description: str | None) -> argparse.Namespace:
+    """``runs...``, ``--section``, ``--title``, ``--doc``: what a table-writing script takes."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--section", required=True)
     ap.add_argument("--title", required=True)
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
-    args = ap.parse_args()
-    rows = [row(r) for r in args.runs]
-    json.dump(rows, sys.stdout, indent=2)
+    return ap.parse_args()
+
+
+def publish(items: list[dict], doc: Path, section: str, body: str) -> None:
+    """Print ``items`` as JSON and write ``body`` as the section of ``doc``."""
+    json.dump(items, sys.stdout, indent=2)
     print()
-    update(args.doc, args.section, markdown(args.title, rows))
+    update(doc, section, body)
+
+
+def main() -> int:
+    args = section_arguments(__doc__)
+    rows = [row(r) for r in args.runs]
+    publish(rows, args.doc, args.section, markdown(args.title, rows))
     return 0
 
 

@@ -15,7 +15,6 @@ follow. Prints the groups as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -25,7 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs_table import ROOT, update  # noqa: E402
+from runs_table import publish, section_arguments  # noqa: E402
 
 from recsys.train.config import parse_run_config  # noqa: E402
 
@@ -130,16 +129,9 @@ def markdown(title: str, groups: list[dict]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--section", required=True)
-    ap.add_argument("--title", required=True)
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
-    args = ap.parse_args()
+    args = section_arguments(__doc__)
     groups = group_runs([run_record(r) for r in args.runs])
-    json.dump(groups, sys.stdout, indent=2)
-    print()
-    update(args.doc, args.section, markdown(args.title, groups))
+    publish(groups, args.doc, args.section, markdown(args.title, groups))
     return 0
 
 

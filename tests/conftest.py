@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -15,6 +18,19 @@ torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench(script: str) -> ModuleType:
+    """Import ``bench/<script>.py`` (not a package) as a module, its siblings importable."""
+    bench = REPO / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(script, bench / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
 
 
 def shared_root() -> Path:
@@ -91,3 +107,14 @@ def train_table_run(
         **sections,
     }
     return train_run(parse_run_config(config))
+
+
+def two_tiny_runs(root: Path):
+    """An MF and a LightGCN run (two epochs each) on the same synthetic interactions, for
+    tools that compare or combine two runs; returns their RunFolders."""
+    table = synthetic_interactions()
+    (root / "a").mkdir(), (root / "b").mkdir()
+    trainer = {"max_epochs": 2, "num_threads": 1}
+    a = train_table_run(root / "a", table, None, {"kind": "mf", "dim": 8}, trainer=trainer)
+    b = train_table_run(root / "b", table, None, {"kind": "lightgcn", "dim": 4}, trainer=trainer)
+    return a, b

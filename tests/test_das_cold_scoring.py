@@ -3,22 +3,18 @@ trained with other cold-scoring knobs (κ, λ) reports on valid."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 N_ITEMS = 60
 QUANT = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "codebook_update": "grad"}
 
 
 def _grid():
-    spec = importlib.util.spec_from_file_location("das_cold_scoring", BENCH / "das_cold_scoring.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.cold_scoring_grid
+    return load_bench("das_cold_scoring").cold_scoring_grid
 
 
 def _run(root: Path, kappa: float, lam: float):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from recsys.eval.bundle import evaluate_run, per_user_run_metrics
 
@@ -18,10 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("paired_test", REPO / "bench" / "paired_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("paired_test")
 
 
 def test_compare_hand_computed():
@@ -44,14 +41,9 @@ def test_compare_hand_computed():
 
 
 def test_runs_compared_user_by_user(tmp_path):
-    from conftest import synthetic_interactions, train_table_run
+    from conftest import two_tiny_runs
 
-    table = synthetic_interactions()
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    a = train_table_run(tmp_path / "a", table, None, {"kind": "mf", "dim": 8},
-                        trainer={"max_epochs": 2, "num_threads": 1})  # fmt: skip
-    b = train_table_run(tmp_path / "b", table, None, {"kind": "lightgcn", "dim": 4},
-                        trainer={"max_epochs": 2, "num_threads": 1})  # fmt: skip
+    a, b = two_tiny_runs(tmp_path)
     # per-user values average to the run's own metrics
     users, values = per_user_run_metrics(a, "test")
     summary = evaluate_run(a, "test")

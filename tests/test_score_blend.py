@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 from recsys.eval.bundle import evaluate_run
 
@@ -17,10 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_blend():
-    spec = importlib.util.spec_from_file_location("score_blend", REPO / "bench" / "score_blend.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("score_blend")
 
 
 def test_standardise_rows():
@@ -32,14 +29,9 @@ def test_standardise_rows():
 
 
 def test_blend_endpoints_equal_the_runs_alone(tmp_path):
-    from conftest import synthetic_interactions, train_table_run
+    from conftest import two_tiny_runs
 
-    table = synthetic_interactions()
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    a = train_table_run(tmp_path / "a", table, None, {"kind": "mf", "dim": 8},
-                        trainer={"max_epochs": 2, "num_threads": 1})  # fmt: skip
-    b = train_table_run(tmp_path / "b", table, None, {"kind": "lightgcn", "dim": 4},
-                        trainer={"max_epochs": 2, "num_threads": 1})  # fmt: skip
+    a, b = two_tiny_runs(tmp_path)
     out = subprocess.run(
         [sys.executable, str(REPO / "bench" / "score_blend.py"), str(a.root), str(b.root),
          "--lambdas", "0,1e6"],

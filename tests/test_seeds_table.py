@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,20 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_bench
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 
 
 def _load():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling runs_table
-    try:
-        spec = importlib.util.spec_from_file_location("seeds_table", BENCH / "seeds_table.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_bench("seeds_table")  # it imports its sibling runs_table
 
 
 def _fake_run(

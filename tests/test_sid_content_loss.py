@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import load_bench
 
 
 def _load():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling cold_content
-    try:
-        spec = importlib.util.spec_from_file_location("sid_loss", BENCH / "sid_content_loss.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("sid_content_loss")  # it imports its sibling cold_content
 
 
 def test_residual_kmeans_reconstructs_and_refines():
