@@ -29,11 +29,13 @@ from recsys.artifacts import RunFolder
 from recsys.eval.bundle import per_user_run_metrics
 
 
-def side_metrics(runs: list[RunFolder], split: str, metrics: list[str]) -> tuple[np.ndarray, dict]:
+def side_metrics(
+    runs: list[RunFolder], split: str, metrics: list[str], vectors: str | None = None
+) -> tuple[np.ndarray, dict]:
     """``users (N,)`` and each metric ``(N,)`` averaged over ``runs``."""
     users, sums = None, {m: 0.0 for m in metrics}
     for run in runs:
-        run_users, values = per_user_run_metrics(run, split, ks=(10, 20))
+        run_users, values = per_user_run_metrics(run, split, ks=(10, 20), vectors=vectors)
         if users is not None and not np.array_equal(users, run_users):
             raise ValueError(f"{run.root}: evaluates other users than the first run")
         users = run_users
@@ -77,6 +79,12 @@ def main() -> int:
     ap.add_argument("--b", nargs="+", type=Path, required=True, help="run folders of B")
     ap.add_argument("--split", default="test", choices=["valid", "test"])
     ap.add_argument("--metric", action="append", help="default: ndcg@10 and recall@20")
+    ap.add_argument(
+        "--vectors",
+        choices=["valid", "test"],
+        help="score the split with these saved vectors (valid: test without the valid"
+        " interactions in each user's history, and before any refit)",
+    )
     args = ap.parse_args()
     metrics = args.metric or ["ndcg@10", "recall@20"]
     torch.set_num_threads(1)
@@ -85,14 +93,15 @@ def main() -> int:
     fingerprints = {r.manifest()["data_fingerprint"] for r in [*runs_a, *runs_b]}
     if len(fingerprints) > 1:
         raise SystemExit("the runs were trained on different data (fingerprints differ)")
-    users_a, a = side_metrics(runs_a, args.split, metrics)
-    users_b, b = side_metrics(runs_b, args.split, metrics)
+    users_a, a = side_metrics(runs_a, args.split, metrics, args.vectors)
+    users_b, b = side_metrics(runs_b, args.split, metrics, args.vectors)
     if not np.array_equal(users_a, users_b):
         raise SystemExit("the two sides evaluate different users")
     out = {
         "a": [str(p) for p in args.a],
         "b": [str(p) for p in args.b],
         "split": args.split,
+        "vectors": args.vectors or args.split,
         **{m: compare(a[m], b[m]) for m in metrics},
     }
     json.dump(out, sys.stdout, indent=2)

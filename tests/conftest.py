@@ -110,11 +110,13 @@ def train_table_run(
 
 
 def two_tiny_runs(root: Path):
-    """An MF and a LightGCN run (two epochs each) on the same synthetic interactions, for
-    tools that compare or combine two runs; returns their RunFolders."""
+    """An MF and a LightGCN run with a transition block (two epochs each) on the same
+    synthetic interactions, for tools that compare or combine two runs; returns their
+    RunFolders (the LightGCN run scores test with other user vectors than valid)."""
     table = synthetic_interactions()
     (root / "a").mkdir(), (root / "b").mkdir()
     trainer = {"max_epochs": 2, "num_threads": 1}
     a = train_table_run(root / "a", table, None, {"kind": "mf", "dim": 8}, trainer=trainer)
-    b = train_table_run(root / "b", table, None, {"kind": "lightgcn", "dim": 4}, trainer=trainer)
+    lightgcn = {"kind": "lightgcn", "dim": 4, "transition_dim": 4}
+    b = train_table_run(root / "b", table, None, lightgcn, trainer=trainer)
     return a, b

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import load_bench
 
-from recsys.eval.bundle import evaluate_run, per_user_run_metrics
+from recsys.eval.bundle import evaluate_run, evaluate_scores, per_user_run_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,3 +69,20 @@ def test_runs_compared_user_by_user(tmp_path):
     same = json.loads(out.stdout)["ndcg@10"]
     assert same["diff"] == 0.0 and same["ties"] == same["users"]
     assert same["ci95_low"] == same["ci95_high"] == 0.0 and same["t_test_p"] == 1.0
+
+    # test scored with the vectors valid was scored with (history without valid)
+    valid_user, valid_item = (torch.from_numpy(x) for x in b.embeddings("valid"))
+    assert not torch.equal(valid_user, torch.from_numpy(b.embeddings("test")[0]))
+    by_hand = evaluate_scores(b, "test", lambda u: valid_user[u] @ valid_item.T, (10, 20))
+    _, stale = per_user_run_metrics(b, "test", vectors="valid")
+    assert stale["ndcg@10"].mean() == pytest.approx(by_hand["ndcg@10"], abs=1e-12)
+    assert stale["recall@20"].mean() == pytest.approx(by_hand["recall@20"], abs=1e-12)
+    with pytest.raises(ValueError, match="vectors must be"):
+        per_user_run_metrics(b, "test", vectors="train")
+    out = subprocess.run(
+        [*script, "--a", str(b.root), "--b", str(b.root), "--vectors", "valid"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout)
+    assert result["vectors"] == "valid"
+    assert result["ndcg@10"]["mean_a"] == pytest.approx(by_hand["ndcg@10"], abs=1e-12)

@@ -48,12 +48,20 @@ def evaluate_run(
 
 
 def per_user_run_metrics(
-    run: RunFolder, split: str = "test", ks: Sequence[int] = (10, 20), batch_size: int = 1024
+    run: RunFolder,
+    split: str = "test",
+    ks: Sequence[int] = (10, 20),
+    batch_size: int = 1024,
+    vectors: str | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-user values behind :func:`evaluate_run` (``users (N,)`` and ``(N,)`` arrays, as
-    :func:`recsys.eval.ranking.per_user_metrics`), from the run's saved embeddings."""
+    :func:`recsys.eval.ranking.per_user_metrics`), from the run's saved embeddings;
+    ``vectors="valid"`` scores ``split`` with the vectors valid was scored with (test
+    without the valid interactions in the users' history, and before a refit)."""
     truth, exclude = _protocol_matrices(run, split)
-    user, item = (torch.from_numpy(a) for a in run.embeddings(split))
+    if vectors not in (None, "valid", "test"):
+        raise ValueError(f"vectors must be 'valid' or 'test', got {vectors!r}")
+    user, item = (torch.from_numpy(a) for a in run.embeddings(vectors or split))
     return per_user_metrics(
         lambda u: user[u] @ item.T, truth, exclude, ks, run.candidates(split), batch_size
     )
