@@ -37,14 +37,21 @@ def evaluate_scores(
     )
 
 
+def _saved_scores(run: RunFolder, vectors: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Scores from the user and item vectors the run saved for scoring ``vectors``."""
+    if vectors not in ("valid", "test"):
+        raise ValueError(f"vectors must be 'valid' or 'test', got {vectors!r}")
+    user, item = (torch.from_numpy(a) for a in run.embeddings(vectors))
+    return lambda u: user[u] @ item.T
+
+
 def evaluate_run(
     run: RunFolder, split: str = "test", ks: Sequence[int] = (5, 10, 20), batch_size: int = 1024
 ) -> dict[str, float]:
     """Full-ranking metrics of ``split`` from the run's saved embeddings."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    user, item = (torch.from_numpy(a) for a in run.embeddings(split))
-    return evaluate_scores(run, split, lambda u: user[u] @ item.T, ks, batch_size)
+    return evaluate_scores(run, split, _saved_scores(run, split), ks, batch_size)
 
 
 def per_user_run_metrics(
@@ -58,13 +65,9 @@ def per_user_run_metrics(
     :func:`recsys.eval.ranking.per_user_metrics`), from the run's saved embeddings;
     ``vectors="valid"`` scores ``split`` with the vectors valid was scored with (test
     without the valid interactions in the users' history, and before a refit)."""
-    truth, exclude = _protocol_matrices(run, split)
-    if vectors not in (None, "valid", "test"):
-        raise ValueError(f"vectors must be 'valid' or 'test', got {vectors!r}")
-    user, item = (torch.from_numpy(a) for a in run.embeddings(vectors or split))
-    return per_user_metrics(
-        lambda u: user[u] @ item.T, truth, exclude, ks, run.candidates(split), batch_size
-    )
+    truth, exclude = _protocol_matrices(run, split)  # checks split first
+    score = _saved_scores(run, vectors or split)
+    return per_user_metrics(score, truth, exclude, ks, run.candidates(split), batch_size)
 
 
 HEADLINE = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "hr@10", "mrr", "coverage@20")

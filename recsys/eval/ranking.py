@@ -365,7 +365,7 @@ def _evaluate(
         rank = torch.where(best_rel > NEG_INF, n_above + 1, torch.zeros_like(n_above))
         rr = reciprocal_rank(rank.cpu())
         rr_sum += float(rr.sum())
-        per_user["rr"].append(rr.to(torch.float64).numpy())
+        per_user["rr"].append(rr.numpy())  # float64, like the other metrics
 
         pos = np.broadcast_to(np.arange(max_k), flat.shape)
         valid = flat >= 0
