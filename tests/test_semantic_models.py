@@ -14,6 +14,7 @@ from recsys.models import TrainingGraph, build_model
 from recsys.models.content import ContentConfig
 from recsys.models.das import DASConfig
 from recsys.models.losses import info_nce, orthogonality_loss
+from recsys.models.quantizer import assign_semantic_ids
 from recsys.models.two_stage import TwoStageConfig
 
 
@@ -313,6 +314,36 @@ def test_das_content_concat_scores_collaborative_plus_semantic(user_semantic):
     with torch.no_grad():
         model.item.weight[27:30] += 100.0
     assert torch.equal(model.embeddings()[1][27:30], before)
+
+
+def test_das_collaborative_ego_follows_the_codes_through_the_suffix_cache():
+    """A concat-mode item's layer-0 collaborative row: ID row (warm) + code embeddings +
+    the suffix embedding of its semantic ID's disambiguating column (warm), that column
+    cached between steps but recomputed as soon as the codes move."""
+    graph, _ = synthetic_content_graph()
+    model = build_model(small_das(**CONTENT_CONCAT), graph)
+    model.on_train_epoch_start(0)  # freeze_sids_epoch 0: the IDs are fixed from here
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.item_suffix_emb.weight.normal_()
+
+    def expected(codes):
+        warm = model.warm_items[:, None]
+        row = model.item.weight * model.warm[:, None]
+        row = row + sum(emb(codes[:, k]) for k, emb in enumerate(model.item_code_emb))
+        return row + model.item_suffix_emb(assign_semantic_ids(codes)[:, -1]) * warm
+
+    def ego():
+        return model._collaborative_item_ego(model.item_tower())
+
+    with torch.no_grad():
+        frozen = model.item_tower.codes()
+        torch.testing.assert_close(ego(), expected(frozen))
+        moved = frozen.clone()
+        moved[:, 1] = 0  # every item onto one last-level code: the collisions change
+        assert not torch.equal(assign_semantic_ids(moved), assign_semantic_ids(frozen))
+        model.item_tower.frozen_codes.copy_(moved)
+        torch.testing.assert_close(ego(), expected(moved))
 
 
 def test_das_user_history_weight_adds_recency_mean_of_collaborative_items():

@@ -100,11 +100,17 @@ def crash_at(monkeypatch, epoch: dict[str, int]):
     return original
 
 
-def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypatch):
-    reference = train_run(make_config(tmp_path, tiny_table, "ref")).metrics()
+@pytest.mark.parametrize("ema_decay", [None, 0.5])
+def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypatch, ema_decay):
+    def config_of(name):
+        config = make_config(tmp_path, tiny_table, name)
+        config.trainer.ema_decay = ema_decay  # averaged weights resume with the raw ones
+        return config
+
+    reference = train_run(config_of("ref")).metrics()
 
     original = crash_at(monkeypatch, {"epoch": 1})
-    config = make_config(tmp_path, tiny_table, "crashy")
+    config = config_of("crashy")
     with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
         train_run(config)
     run = RunFolder(tmp_path / "runs" / "crashy")
@@ -112,7 +118,7 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypat
     assert not run.metrics_path.exists()  # nothing claims to be finished
     monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", original, raising=False)
 
-    resumed = train_run(make_config(tmp_path, tiny_table, "crashy")).metrics()
+    resumed = train_run(config_of("crashy")).metrics()
     assert resumed["training"]["resumed"] is True
     import pandas as pd
 

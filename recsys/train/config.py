@@ -27,6 +27,15 @@ class TrainerConfig(StrictModel):
     progress_bar: bool = True
     monitor: str = "ndcg@10"
     deterministic: bool = True
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="keep an exponential moving average of the trainable weights (decay"
+        " per optimiser step; buffers are not averaged) and validate, checkpoint, select,"
+        " test and refit with it (recsys.train.ema): smoother validation curves for noisy"
+        " objectives. None: the raw weights",
+    )
     refit: bool = Field(
         default=False,
         description="after early stopping on valid, train the same config again from"

@@ -51,11 +51,12 @@ class RecommenderModule(L.LightningModule):
         for name, value in self.model.epoch_metrics().items():
             self.log(f"train/{name}", float(value))
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        """Nothing per batch: the whole ranking evaluation runs at epoch end."""
-
     @torch.no_grad()
-    def on_validation_epoch_end(self) -> None:
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """The whole ranking evaluation, on the loader's single placeholder batch: inside
+        the validation epoch, where a weight-averaging callback (``trainer.ema_decay``)
+        has its averaged weights in place (Lightning calls callbacks' epoch-end hooks
+        before the module's, so a swap back there would precede an epoch-end ranking)."""
         user, item = self.model.embeddings()
         metrics = evaluate(
             dot_scores(user, item),

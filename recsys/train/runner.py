@@ -34,6 +34,7 @@ from recsys.models import TrainingGraph, build_model
 from recsys.models.base import Recommender, dot_scores, frozen_embeddings, model_spec
 from recsys.train.config import RunConfig
 from recsys.train.datamodule import InteractionDataModule
+from recsys.train.ema import ParameterEMA
 from recsys.train.module import RecommenderModule
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ def lightning_trainer(
 ) -> L.Trainer:
     """The Lightning trainer both training phases use (logs under ``logs/<version>``)."""
     tc = config.trainer
+    if tc.ema_decay is not None:
+        callbacks = [*callbacks, ParameterEMA(tc.ema_decay)]
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator=tc.accelerator,
