@@ -188,7 +188,8 @@ def _refit_config(tmp_path: Path, table: Path, name: str):
     return cfg
 
 
-def test_refit_trains_on_train_plus_valid_for_the_selected_epochs(tmp_path, tiny_table):
+@pytest.mark.parametrize("ema_decay", [None, 0.5])
+def test_refit_trains_on_train_plus_valid_for_the_selected_epochs(tmp_path, tiny_table, ema_decay):
     from recsys.data.dataset import load_dataset
     from recsys.data.splits import TRAIN, VALID
     from recsys.models import TrainingGraph, build_model
@@ -196,8 +197,10 @@ def test_refit_trains_on_train_plus_valid_for_the_selected_epochs(tmp_path, tiny
 
     plain_cfg = _refit_config(tmp_path, tiny_table, "plain")
     plain_cfg.trainer.refit = False
+    plain_cfg.trainer.ema_decay = ema_decay
     plain = train_run(plain_cfg)
     cfg = _refit_config(tmp_path, tiny_table, "refit")
+    cfg.trainer.ema_decay = ema_decay
     run = train_run(cfg)
     metrics, reference = run.metrics(), plain.metrics()
     best = reference["training"]["best_epoch"]
@@ -230,6 +233,14 @@ def test_refit_trains_on_train_plus_valid_for_the_selected_epochs(tmp_path, tiny
     np.testing.assert_allclose(np.load(run.root / "embeddings" / "users.npy"), user, atol=1e-6)
     np.testing.assert_allclose(np.load(run.root / "embeddings" / "items.npy"), item, atol=1e-6)
     assert not np.allclose(user.numpy(), np.load(plain.root / "embeddings" / "users.npy"))
+    if ema_decay is not None:  # that checkpoint's state_dict is the average, not the raw weights
+        model.load_state_dict(
+            {
+                k[len("model.") :]: v
+                for k, v in {**state["state_dict"], **state["ema_raw_parameters"]}.items()
+            }
+        )
+        assert not np.allclose(frozen_embeddings(model)[0].numpy(), user.numpy(), atol=1e-4)
     again = evaluate_run(run, "test")
     assert again["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-9)
     assert again["ndcg@10"] != pytest.approx(reference["test"]["ndcg@10"], abs=1e-9)
