@@ -4,12 +4,14 @@
     python bench/das_cold_scoring.py runs/das-content-uh4-beauty-cold10 \
         --kappas 1,8,16,32 --lambdas 0,0.3,1,3
 
-``model.cold_semantic_weight`` (κ) and ``model.popularity_weight`` (λ) of a concat-mode
+``model.cold_semantic_weight`` (κ, concat mode) and ``model.popularity_weight`` (λ) of a
 DAS run only change how its final vectors are scored, never training, so their effect can
 be read from the run's saved valid vectors: the semantic half of each item without
 training interactions times κ, plus λ × a ridge regression (α = 1) of the standardised
-log training counts on the items' semantic halves fitted on the warm items — what the
-model computes. Valid only (never test), so that the grid may choose a configuration;
+log training counts on the items' semantic vectors fitted on the warm items — what the
+model computes — or, with ``--popularity-source content``, λ × the content model's trees
+on the raw item features (``model.popularity_source: content``; add mode too:
+``--kappas 1``). Valid only (never test), so that the grid may choose a configuration;
 the chosen one is then trained as usual, since early stopping reads valid with the knobs
 in place. Prints JSON.
 """
@@ -26,36 +28,66 @@ import torch
 from recsys.artifacts import RunFolder
 from recsys.data.splits import TRAIN
 from recsys.eval.bundle import evaluate_scores
-from recsys.models.content import popularity_regressor
+from recsys.models.content import popularity_gbdt, popularity_regressor, raw_feature_matrix
+
+
+def content_popularity(run: RunFolder, counts: np.ndarray) -> np.ndarray:
+    """``(I,)``: the content model's trees on the run's raw item features, as a DAS run
+    with ``popularity_source: content`` fits them."""
+    from recsys.features.pipeline import FeaturesConfig, build_item_features
+    from recsys.train.runner import feature_cache_dir
+
+    config = FeaturesConfig.model_validate(run.config()["features"])
+    features = build_item_features(run.items(), config, cache_dir=feature_cache_dir())
+    raw = raw_feature_matrix(features)
+    return popularity_gbdt(raw, counts).predict(raw)
 
 
 def cold_scoring_grid(
-    run: RunFolder, kappas: list[float], lambdas: list[float]
+    run: RunFolder, kappas: list[float], lambdas: list[float], source: str = "semantic"
 ) -> list[dict[str, float]]:
-    """Valid N@10 / R@20 for each (κ, λ), from the run's saved valid vectors."""
+    """Valid N@10 / R@20 for each (κ, λ), from the run's saved valid vectors; the
+    popularity is predicted from ``source`` (``semantic`` or ``content``)."""
     model = run.config()["model"]
-    if model.get("kind") != "das" or model.get("semantic_combination") != "concat":
-        raise SystemExit(f"{run.root}: needs a DAS run with semantic_combination: concat")
-    users, items = (torch.from_numpy(a).double() for a in run.embeddings("valid"))
-    dim, run_lambda = int(model["dim"]), float(model.get("popularity_weight", 0.0))
+    if model.get("kind") != "das":
+        raise SystemExit(f"{run.root}: needs a DAS run")
+    concat = model.get("semantic_combination", "add") == "concat"
+    if not concat and kappas != [1.0]:
+        raise SystemExit(f"{run.root}: κ needs semantic_combination: concat; pass --kappas 1")
+    users, items = (torch.from_numpy(a) for a in run.embeddings("valid"))
+    dim, run_lambda = int(model.get("dim", 64)), float(model.get("popularity_weight", 0.0))
     end = items.shape[1] - (1 if run_lambda > 0 else 0)  # drop the run's own pop column
-    if end == dim:
-        raise SystemExit(f"{run.root}: the run's vectors have no semantic half")
+    users, items = users[:, :end], items[:, :end]
     frame = run.interactions()
     train = frame[frame["label"] == TRAIN]
     counts = np.bincount(train["item_idx"].to_numpy(), minlength=items.shape[0])
     cold = torch.from_numpy(counts == 0)
-    semantic = items[:, dim:end].clone()
-    semantic[cold] /= float(model.get("cold_semantic_weight", 1.0))  # the unscaled s_i
-    collaborative = users[:, :dim] @ items[:, :dim].T  # (U, I)
-    similarity = users[:, dim:end] @ semantic.T
-    ridge = popularity_regressor(semantic.numpy(), counts)  # as the model fits it
-    popularity = torch.from_numpy(ridge.predict(semantic.numpy()))
+    if concat:
+        if end == dim:
+            raise SystemExit(f"{run.root}: the run's vectors have no semantic half")
+        items = items.clone()
+        items[cold, dim:] /= float(model.get("cold_semantic_weight", 1.0))  # unscaled s_i
+        semantic = items[:, dim:]
+    else:  # add mode: no κ; the semantic vector is the interest columns over γ
+        if source == "semantic" and float(model.get("item_id_weight", 1.0)) != 0:
+            raise SystemExit(f"{run.root}: add mode hides s_i unless item_id_weight is 0")
+        interest = dim - int(model.get("pop_dim", 16))
+        semantic = items[:, :interest] / float(model.get("semantic_weight", 1.0))
+    if source == "content":
+        popularity = content_popularity(run, counts)
+    else:
+        s = semantic.double().numpy()
+        popularity = popularity_regressor(s, counts).predict(s)  # as the model fits it
+    popularity = torch.from_numpy(popularity).to(items)
     rows = []
     for kappa in kappas:
-        scale = torch.where(cold, kappa, 1.0)
+        scaled = items.clone()
+        scaled[cold, dim:] *= kappa  # concat only (add mode: κ is 1)
         for lam in lambdas:
-            scores = collaborative + similarity * scale + lam * popularity
+            # the model's own product, [users ; λ] · [items ; predicted popularity], in
+            # its precision, so that ties break as they did in the run
+            query = torch.cat([users, users.new_full((len(users), 1), lam)], 1)
+            scores = query @ torch.cat([scaled, popularity[:, None]], 1).T
 
             def score(batch: torch.Tensor, scores: torch.Tensor = scores) -> torch.Tensor:
                 return scores[batch]
@@ -77,11 +109,18 @@ def main() -> int:
     parser.add_argument("run")
     parser.add_argument("--kappas", default="1,4,8,16,32")
     parser.add_argument("--lambdas", default="0,0.3,1,3")
+    parser.add_argument(
+        "--popularity-source",
+        choices=["semantic", "content"],
+        default="semantic",
+        help="what predicts popularity (model.popularity_source)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     floats = [[float(v) for v in text.split(",")] for text in (args.kappas, args.lambdas)]
-    rows = cold_scoring_grid(RunFolder(args.run), *floats)
-    json.dump({"run": args.run, "split": "valid", "rows": rows}, sys.stdout, indent=2)
+    rows = cold_scoring_grid(RunFolder(args.run), *floats, source=args.popularity_source)
+    out = {"run": args.run, "split": "valid", "popularity_source": args.popularity_source}
+    json.dump({**out, "rows": rows}, sys.stdout, indent=2)
     print()
     return 0
 

@@ -17,7 +17,13 @@ def _grid():
     return load_bench("das_cold_scoring").cold_scoring_grid
 
 
-def _run(root: Path, kappa: float, lam: float):
+CONCAT = {
+    "semantic_input": "content", "semantic_combination": "concat", "user_semantic": "history",
+    "freeze_sids_epoch": 0, "item_quantizer": QUANT, "user_quantizer": QUANT,
+}  # fmt: skip
+
+
+def _run(root: Path, kappa: float, lam: float, **model):
     from conftest import synthetic_interactions, train_table_run
 
     items = pd.DataFrame(
@@ -33,10 +39,8 @@ def _run(root: Path, kappa: float, lam: float):
         synthetic_interactions(n_users=60, n_items=N_ITEMS),
         items,
         model={
-            "kind": "das", "dim": 12, "pop_dim": 0, "semantic_input": "content",
-            "semantic_combination": "concat", "user_semantic": "history",
-            "freeze_sids_epoch": 0, "item_quantizer": QUANT, "user_quantizer": QUANT,
-            "cold_semantic_weight": kappa, "popularity_weight": lam,
+            "kind": "das", "dim": 12, "pop_dim": 0, "popularity_weight": lam,
+            **({"cold_semantic_weight": kappa, **CONCAT} if kappa else {}), **model,
         },
         features={"tabular": {"categorical": ["genres"], "numeric": ["length"]}},
         split="cold-10",
@@ -50,6 +54,23 @@ def test_grid_reproduces_a_run_trained_with_those_knobs(tmp_path):
     grid = _grid()
     for source, target, knobs in ((plain, tuned, (3.0, 0.5)), (tuned, plain, (1.0, 0.0))):
         (row,) = grid(source, [knobs[0]], [knobs[1]])
+        expected = target.metrics()["valid"]
+        assert row["valid_ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-4)
+        assert row["valid_recall@20"] == pytest.approx(expected["recall@20"], abs=1e-4)
+    plain_valid = plain.metrics()["valid"]["ndcg@10"]
+    assert tuned.metrics()["valid"]["ndcg@10"] != pytest.approx(plain_valid, abs=1e-6)
+
+
+def test_grid_reproduces_an_add_mode_run_with_the_content_popularity(tmp_path):
+    """Add mode (no κ), λ × the content model's trees: the grid from a run without the
+    term equals the run trained with it, and the reverse."""
+    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0}
+    model = {"pop_dim": 4, "item_id_weight": 0.0, "item_quantizer": quant, "user_quantizer": quant}
+    plain = _run(tmp_path / "plain", 0.0, 0.0, **model)
+    tuned = _run(tmp_path / "tuned", 0.0, 2.0, popularity_source="content", **model)
+    grid = _grid()
+    for source, target, lam in ((plain, tuned, 2.0), (tuned, plain, 0.0)):
+        (row,) = grid(source, [1.0], [lam], source="content")
         expected = target.metrics()["valid"]
         assert row["valid_ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-4)
         assert row["valid_recall@20"] == pytest.approx(expected["recall@20"], abs=1e-4)

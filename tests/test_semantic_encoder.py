@@ -100,6 +100,9 @@ CONTENT_CONCAT = {
 }  # fmt: skip
 
 
+CONTENT_POPULARITY = {"popularity_weight": 0.7, "popularity_source": "content"}
+
+
 @pytest.fixture(
     scope="module",
     params=[
@@ -114,8 +117,16 @@ CONTENT_CONCAT = {
             "transition_dim": 3,
         },
         {**CONTENT_CONCAT, "transition_dim": 3, "transition_codes": True},
+        CONTENT_POPULARITY,
     ],
-    ids=["joint", "frozen", "content-concat", "content-pca", "content-codes-block"],
+    ids=[
+        "joint",
+        "frozen",
+        "content-concat",
+        "content-pca",
+        "content-codes-block",
+        "joint-content-popularity",
+    ],  # fmt: skip
 )
 def das_run(tmp_path_factory, request) -> RunFolder:
     from conftest import synthetic_interactions, train_table_run
@@ -159,13 +170,40 @@ def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
         block = vectors[cold, end - 3 : end]
         # ID-based: zeros for items without interactions; with codes: their codes' rows
         assert (np.abs(block).sum() > 0) == spec["transition_codes"]
-    if spec["semantic_combination"] == "add":
-        assert np.abs(vectors[:, -4:]).sum() == 0  # no conformity factor without interactions
+    popularity = int(spec["popularity_weight"] > 0)
+    if spec["semantic_combination"] == "add":  # no conformity factor without interactions
+        assert np.abs(vectors[cold, 12 - 4 : 12]).sum() == 0
+        assert vectors.shape[1] == 12 + popularity
     else:
         # the codewords learned after the freeze; IDs are still assigned as at the freeze
         state = torch.load(das_run.root / "item_encoder" / "item_tower.pt", weights_only=True)
         assert bool(state["frozen"])
         assert not torch.equal(state["quantizer.codebooks"], state["frozen_books"])
+
+
+@pytest.mark.parametrize("das_run", [CONTENT_POPULARITY], indirect=True)
+def test_das_content_popularity_column_is_the_content_models_trees(das_run):
+    """popularity_source content: every item's last column is what the content model's
+    trees predict from the item's raw features (refit here from the run's items and
+    training counts), every user's is λ; the same column for a new item at serving."""
+    spec = json.loads((das_run.root / "item_encoder" / "encoder.json").read_text())
+    from recsys.data.splits import TRAIN
+    from recsys.features.pipeline import FeaturesConfig, build_item_features
+    from recsys.models.content import popularity_gbdt, raw_feature_matrix
+
+    config = FeaturesConfig.model_validate(das_run.config()["features"])
+    raw = raw_feature_matrix(build_item_features(das_run.items(), config))
+    frame = das_run.interactions()
+    counts = np.bincount(frame.loc[frame["label"] == TRAIN, "item_idx"], minlength=len(raw))
+    expected = popularity_gbdt(raw, counts).predict(raw)
+    assert np.ptp(expected) > 0  # the trees learned something to compare against
+    users, items = das_run.embeddings()
+    np.testing.assert_allclose(items[:, -1], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(users[:, -1], spec["popularity_weight"])
+    served, _ = load_item_encoder(das_run).encode(das_run.items().iloc[:5])
+    np.testing.assert_allclose(served[:, -1], expected[:5], rtol=1e-5, atol=1e-5)
+    query = json.loads((das_run.root / "history_query" / "query.json").read_text())
+    assert query["segments"] == [{"columns": [12, 13], "constant": spec["popularity_weight"]}]
 
 
 def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):

@@ -470,5 +470,13 @@ def test_das_popularity_weight_adds_ridge_prediction_from_semantic_ids():
     target = (target - target.mean()) / target.std()
     expected = Ridge(alpha=1.0).fit(semantic[warm], target).predict(semantic)
     np.testing.assert_allclose(items[:, -1].numpy(), expected, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="popularity_weight"):
-        small_das(popularity_weight=1.0)
+    # add mode: the same column after [interest ; conformity], fitted on s_i
+    model = build_model(small_das(popularity_weight=lam), graph)
+    model.eval()
+    with torch.no_grad():
+        users, items = model.embeddings()
+        semantic = model.item_tower(None).quantized.numpy()
+    assert users.shape[1] == items.shape[1] == model.config.dim + 1
+    np.testing.assert_allclose(users[:, -1].numpy(), lam)
+    expected = Ridge(alpha=1.0).fit(semantic[warm], target).predict(semantic)
+    np.testing.assert_allclose(items[:, -1].numpy(), expected, rtol=1e-4, atol=1e-5)

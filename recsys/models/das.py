@@ -57,7 +57,12 @@ from torch import Tensor, nn
 
 from recsys.config import StrictModel
 from recsys.models.base import Recommender, TrainingGraph, register_model
-from recsys.models.content import content_item_matrix, popularity_regressor
+from recsys.models.content import (
+    content_item_matrix,
+    popularity_gbdt,
+    popularity_regressor,
+    raw_feature_matrix,
+)
 from recsys.models.fusion import FusionConfig, ModalityFusion
 from recsys.models.graph import fold_in_segment
 from recsys.models.losses import (
@@ -200,11 +205,18 @@ class DASConfig(TransitionFields):
     popularity_weight: float = Field(
         default=0.0,
         ge=0,
-        description="concat mode: λ; scoring adds λ·(popularity predicted from the item's"
-        " semantic ID), a ridge regression (α = 1) of standardised log training counts on"
-        " the semantic vectors (codeword sums) of items with training interactions, as"
-        " the content model's popularity term does from content. A cold or new item's"
-        " predicted popularity uses its semantic ID alone; not used in training",
+        description="λ; scoring adds λ·(the item's predicted popularity: standardised log"
+        " training count, regressed on the items that have training interactions, as the"
+        " content model's popularity term). The predictor is chosen by popularity_source;"
+        " not used in training",
+    )
+    popularity_source: Literal["semantic", "content"] = Field(
+        default="semantic",
+        description="what predicts an item's popularity for popularity_weight: semantic,"
+        " a ridge regression (α = 1) on its semantic vector (codeword sum), so that a"
+        " cold or new item's prior comes from its semantic ID alone; content, the content"
+        " model's gradient-boosted trees on the raw frozen feature blocks (a scalar prior"
+        " from the item's own features, still no ID embedding)",
     )
     content_dim: int | None = Field(
         default=None,
@@ -238,10 +250,8 @@ class DASConfig(TransitionFields):
             self.semantic_combination != "concat" or self.semantic_weight <= 0
         ):
             raise ValueError("learn_semantic_weight needs concat and semantic_weight > 0")
-        for name in ("cold_semantic_weight", "popularity_weight"):
-            default = type(self).model_fields[name].default
-            if getattr(self, name) != default and self.semantic_combination != "concat":
-                raise ValueError(f"{name} needs semantic_combination: concat")
+        if self.cold_semantic_weight != 1.0 and self.semantic_combination != "concat":
+            raise ValueError("cold_semantic_weight needs semantic_combination: concat")
         for name in ("user_history_weight", "transition_dim"):
             if getattr(self, name) > 0 and self.semantic_combination != "concat":
                 raise ValueError(f"{name} needs semantic_combination: concat")
@@ -638,6 +648,12 @@ class DualAlignedSemanticIDs(Recommender):
         scale = 1.0 + (config.cold_semantic_weight - 1.0) * cold
         self.register_buffer("item_semantic_scale", scale, persistent=False)
         self._item_counts = graph.item_counts()  # the popularity term's regression target
+        self.content_popularity = None  # popularity_source content: fixed, fit once
+        if config.popularity_weight > 0 and config.popularity_source == "content":
+            raw = raw_feature_matrix(graph.item_features)
+            self.content_popularity = popularity_gbdt(raw, self._item_counts)
+            predicted = torch.as_tensor(self.content_popularity.predict(raw), dtype=torch.float32)
+            self.register_buffer("content_popularity_column", predicted, persistent=False)
         self.register_buffer("item_pop", _standardized_log(graph.item_counts()))
         self.register_buffer("user_pop", _standardized_log(graph.user_counts()))
         self.pop_head = nn.Linear(max(config.pop_dim, 1), 1)
@@ -734,24 +750,31 @@ class DualAlignedSemanticIDs(Recommender):
             d = self.config.dim
             items = torch.cat([items[:, :d], items[:, d:] * self.item_semantic_scale[:, None]], 1)
             users, items = with_transition(self.transition, users, items, item_out.codes)
-            if self.config.popularity_weight > 0:  # [user ; λ] · [item ; predicted pop]
-                semantic = item_out.quantized.cpu().numpy()
-                pop = torch.as_tensor(self.popularity_ridge(semantic).predict(semantic))
-                pop = pop.to(items)
-                users = torch.cat(
-                    [users, users.new_full((len(users), 1), self.config.popularity_weight)], 1
-                )
-                items = torch.cat([items, pop[:, None]], 1)
-            return users, items
+            return self._with_popularity(users, items, item_out.quantized)
         s_i = self.item_tower(None).quantized
         s_u = self.user_tower(None).quantized if self.user_tower is not None else None
         if self.config.propagate_semantic:
-            return self.propagation(
+            users, items = self.propagation(
                 self._final(self.user.weight, s_u, None),
                 self._final(self.item.weight, s_i, self.warm),
             )
-        e_u, e_i = self.propagation(self.user.weight, self.item.weight)
-        return self._final(e_u, s_u, None), self._final(e_i, s_i, self.warm)
+        else:
+            e_u, e_i = self.propagation(self.user.weight, self.item.weight)
+            users, items = self._final(e_u, s_u, None), self._final(e_i, s_i, self.warm)
+        return self._with_popularity(users, items, s_i)
+
+    def _with_popularity(self, users: Tensor, items: Tensor, semantic: Tensor):
+        """``[users ; λ]``, ``[items ; predicted popularity]`` (``semantic (I, d)``: the
+        items' semantic vectors) when ``popularity_weight`` is on, else unchanged."""
+        if self.config.popularity_weight <= 0:
+            return users, items
+        if self.content_popularity is not None:
+            pop = self.content_popularity_column
+        else:
+            s = semantic.cpu().numpy()
+            pop = torch.as_tensor(self.popularity_ridge(s).predict(s))
+        weight = users.new_full((len(users), 1), self.config.popularity_weight)
+        return torch.cat([users, weight], 1), torch.cat([items, pop.to(items)[:, None]], 1)
 
     def popularity_ridge(self, semantic: np.ndarray):
         """The content model's popularity regressor (ridge, α = 1, on the warm items'
@@ -938,9 +961,13 @@ class DualAlignedSemanticIDs(Recommender):
         vector's formula without the user's own ID embedding (its propagated part folded
         in from their items, plus β × the recency-weighted history of collaborative item
         vectors; γ × that of semantic ones), the block's columns and the popularity
-        weight λ. Add mode: None (the mean of their items)."""
+        weight λ. Add mode: the mean of their items (None), with λ on the popularity
+        column when there is one."""
         if not self.concat:
-            return None
+            if self.config.popularity_weight <= 0:
+                return None
+            width = self.config.dim
+            return [{"columns": [width, width + 1], "constant": self.config.popularity_weight}], {}
         cfg, d = self.config, self.config.dim
         with torch.no_grad():
             item_out = self.item_tower(None)
@@ -975,7 +1002,13 @@ class DualAlignedSemanticIDs(Recommender):
         if self.transition is not None and self.transition.target_codes is not None:
             for level, emb in enumerate(self.transition.target_codes):
                 arrays[f"transition_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
-        if self.concat and self.config.popularity_weight > 0:
+        if self.content_popularity is not None:
+            import joblib  # scikit-learn's own persistence, as the content model's encoder
+
+            tmp = folder / "popularity.joblib.tmp"
+            joblib.dump(self.content_popularity, tmp)
+            tmp.replace(folder / "popularity.joblib")
+        elif self.config.popularity_weight > 0:
             with torch.no_grad():
                 ridge = self.popularity_ridge(self.item_tower(None).quantized.cpu().numpy())
             arrays["popularity_weights"] = ridge.coef_
@@ -1007,6 +1040,8 @@ class DualAlignedSemanticIDs(Recommender):
             "quantizer": cfg.item_quantizer.model_dump(mode="json"),
             "interest_dim": cfg.interest_dim,
             "pop_dim": cfg.pop_dim,
+            "popularity_weight": cfg.popularity_weight,
+            "popularity_source": cfg.popularity_source,
             "semantic_weight": self.semantic_weight(),
             "cold_semantic_weight": cfg.cold_semantic_weight,
             "transition_dim": cfg.transition_dim if self.transition is not None else 0,

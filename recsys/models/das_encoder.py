@@ -9,8 +9,9 @@ embedding (it has no interactions): ``[γ s_i ; 0]`` in ``add`` mode (divided by
 ``layers + 1`` when the model propagates semantic embeddings, as LightGCN's layer mean
 does for a node without edges); ``[Σ_l code_emb_l[c_l] / (layers + 1) ; κ s_i]`` in
 ``concat`` mode (κ: ``cold_semantic_weight``), then a next-item transition block's
-columns (zeros for its ID part, plus its codes' target rows when it embeds codes) and,
-with ``popularity_weight``, the popularity the saved ridge predicts from ``s_i``.
+columns (zeros for its ID part, plus its codes' target rows when it embeds codes); in
+either mode, with ``popularity_weight``, the popularity the saved ridge predicts from
+``s_i`` (or the saved trees from the raw features, ``popularity_source: content``).
 Its semantic ID is the tower's codes with suffix 0 (the serving layer disambiguates it
 against the catalogue).
 """
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys.models.content import raw_feature_matrix
 from recsys.models.content_encoder import ContentVectors
 from recsys.models.das import BlockTransform, SemanticTower
 from recsys.models.fusion import FusionConfig
@@ -72,9 +74,14 @@ class DASItemEncoder:
         self.layers = int(spec.get("layers", 0))
         self.semantic_weight = float(spec["semantic_weight"])
         self.cold_semantic_weight = float(spec.get("cold_semantic_weight", 1.0))
-        self.popularity = None
+        self.popularity = None  # the ridge on s_i (popularity_source: semantic)
         if "popularity_weights" in arrays:
             self.popularity = (arrays["popularity_weights"], float(arrays["popularity_bias"][0]))
+        self.content_popularity = None  # the trees on raw features (popularity_source: content)
+        if (folder / "popularity.joblib").exists():
+            import joblib
+
+            self.content_popularity = joblib.load(folder / "popularity.joblib")
         self.pop_dim = int(spec["pop_dim"])
         self.transition_dim = int(spec.get("transition_dim", 0))
         self.layer_mean = 1.0 / (int(spec.get("propagated_layers", 0)) + 1)
@@ -114,13 +121,21 @@ class DASItemEncoder:
                     self.transition_tables, codes.numpy(), self.transition_dim
                 )
                 parts.append(block)
-            if self.popularity is not None:  # the ridge prediction from the semantic ID
-                weights, bias = self.popularity
-                parts.append((s.double().numpy() @ weights + bias)[:, None])
+            parts += self._popularity(s, features)
             return np.concatenate(parts, axis=1).astype(np.float32), sids
         final = torch.cat([self.semantic_weight * s, s.new_zeros(len(s), self.pop_dim)], dim=1)
-        final = final * self.layer_mean
-        return final.numpy().astype(np.float32), sids
+        final = final.numpy() * self.layer_mean
+        final = np.concatenate([final, *self._popularity(s, features)], axis=1)
+        return final.astype(np.float32), sids
+
+    def _popularity(self, s: torch.Tensor, features: dict) -> list[np.ndarray]:
+        """``[(N, 1)]``, the predicted popularity column when the model has one, else ``[]``."""
+        if self.content_popularity is not None:  # trees on the item's raw features
+            return [self.content_popularity.predict(raw_feature_matrix(features))[:, None]]
+        if self.popularity is not None:  # the ridge prediction from the semantic ID
+            weights, bias = self.popularity
+            return [(s.double().numpy() @ weights + bias)[:, None]]
+        return []
 
 
 @register_item_encoder("das")
