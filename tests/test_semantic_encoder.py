@@ -181,7 +181,12 @@ def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
         assert not torch.equal(state["quantizer.codebooks"], state["frozen_books"])
 
 
-@pytest.mark.parametrize("das_run", [CONTENT_POPULARITY], indirect=True)
+@pytest.mark.parametrize(
+    "das_run",
+    [CONTENT_POPULARITY, {**CONTENT_CONCAT, **CONTENT_POPULARITY}],
+    ids=["add", "concat"],
+    indirect=True,
+)
 def test_das_content_popularity_column_is_the_content_models_trees(das_run):
     """popularity_source content: every item's last column is what the content model's
     trees predict from the item's raw features (refit here from the run's items and
@@ -203,7 +208,9 @@ def test_das_content_popularity_column_is_the_content_models_trees(das_run):
     served, _ = load_item_encoder(das_run).encode(das_run.items().iloc[:5])
     np.testing.assert_allclose(served[:, -1], expected[:5], rtol=1e-5, atol=1e-5)
     query = json.loads((das_run.root / "history_query" / "query.json").read_text())
-    assert query["segments"] == [{"columns": [12, 13], "constant": spec["popularity_weight"]}]
+    width = items.shape[1]  # an anonymous user's query: λ on the last column too
+    last = {"columns": [width - 1, width], "constant": spec["popularity_weight"]}
+    assert query["segments"][-1] == last
 
 
 def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):
