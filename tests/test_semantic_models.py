@@ -394,7 +394,8 @@ def test_das_softmax_rec_loss_closed_form_and_training():
     p = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
     # logits u·p / 0.5 = [[2, 0], [4, 4]]: row 0's positive is column 0, row 1's column 1
     expected = (-np.log(np.exp(2) / (np.exp(2) + 1)) + np.log(2)) / 2
-    assert float(model._rec_loss(u, p, p.flip(0))) == pytest.approx(expected, rel=1e-6)
+    rows = torch.arange(2)  # item indices: used only by the popularity prior (off here)
+    assert float(model._rec_loss(u, p, p.flip(0), rows, rows)) == pytest.approx(expected, rel=1e-6)
     model.on_train_epoch_start(0)
     history = _train(model, graph, steps=40)
     assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
@@ -480,3 +481,32 @@ def test_das_popularity_weight_adds_ridge_prediction_from_semantic_ids():
     np.testing.assert_allclose(users[:, -1].numpy(), lam)
     expected = Ridge(alpha=1.0).fit(semantic[warm], target).predict(semantic)
     np.testing.assert_allclose(items[:, -1].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_das_popularity_in_training_adds_the_prior_to_the_trained_scores():
+    """BPR on ``u·i + λ·pop_i``, pop the content model's trees refit here; without the
+    flag the same call ignores the prior; the flag needs the content source."""
+    from recsys.models.content import popularity_gbdt, raw_feature_matrix
+
+    # enough warm items for the trees to split (the default graph's 27 give a constant)
+    graph, _ = synthetic_content_graph(n_users=80, n_items=90, cold=(87, 88, 89))
+    lam = 0.7
+    prior = {"popularity_weight": lam, "popularity_source": "content"}
+    model = build_model(small_das(**prior, popularity_in_training=True), graph)
+    raw = raw_feature_matrix(graph.item_features)
+    pop = popularity_gbdt(raw, graph.item_counts()).predict(raw)
+    u = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    p, n = torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    pos, neg = torch.tensor([1, 5]), torch.tensor([88, 10])
+    x_pos = np.array([1.0, 2.0]) + lam * pop[[1, 5]]
+    x_neg = np.array([0.0, 0.0]) + lam * pop[[88, 10]]
+    expected = np.log1p(np.exp(x_neg - x_pos)).mean()
+    expected_plain = np.log1p(np.exp(np.array([0.0, 0.0]) - np.array([1.0, 2.0]))).mean()
+    assert abs(expected - expected_plain) > 0.05  # the prior moves this batch's loss
+    assert float(model._rec_loss(u, p, n, pos, neg)) == pytest.approx(expected, rel=1e-5)
+    plain = build_model(small_das(**prior), graph)
+    assert float(plain._rec_loss(u, p, n, pos, neg)) == pytest.approx(expected_plain, rel=1e-5)
+    history = _train(model, graph, steps=30)
+    assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
+    with pytest.raises(ValueError, match="popularity_in_training"):
+        small_das(popularity_weight=lam, popularity_in_training=True)

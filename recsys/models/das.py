@@ -218,6 +218,13 @@ class DASConfig(TransitionFields):
         " model's gradient-boosted trees on the raw frozen feature blocks (a scalar prior"
         " from the item's own features, still no ID embedding)",
     )
+    popularity_in_training: bool = Field(
+        default=False,
+        description="popularity_source content: add the same λ·(predicted popularity) to"
+        " the scores the recommendation loss trains on, so that the semantic (and"
+        " collaborative) parts learn what the prior leaves unexplained instead of"
+        " popularity again; False: the prior enters at scoring only",
+    )
     content_dim: int | None = Field(
         default=None,
         ge=1,
@@ -250,6 +257,12 @@ class DASConfig(TransitionFields):
             self.semantic_combination != "concat" or self.semantic_weight <= 0
         ):
             raise ValueError("learn_semantic_weight needs concat and semantic_weight > 0")
+        if self.popularity_in_training and (
+            self.popularity_source != "content" or self.popularity_weight <= 0
+        ):
+            raise ValueError(
+                "popularity_in_training needs popularity_source: content and popularity_weight > 0"
+            )
         if self.cold_semantic_weight != 1.0 and self.semantic_combination != "concat":
             raise ValueError("cold_semantic_weight needs semantic_combination: concat")
         for name in ("user_history_weight", "transition_dim"):
@@ -813,7 +826,7 @@ class DualAlignedSemanticIDs(Recommender):
             u_final, p_final, n_final, reg = batch_with_transition(
                 self.transition, batch, u_final, p_final, n_final, item_out.codes
             )
-            terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final)
+            terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final, pos, neg)
             terms["reg_loss"] = l2_penalty(self.user.weight[users], ego[pos], ego[neg], *reg)
             return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, s_all)
         e_u_all, e_i_all = self.propagation(self.user.weight, self.item.weight)
@@ -849,14 +862,22 @@ class DualAlignedSemanticIDs(Recommender):
             u_final = self._final(e_u, s_u, None)
             p_final = self._final(e_p, s_pos, self.warm[pos])
             n_final = self._final(e_n, s_neg, self.warm[neg])
-        terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final)
+        terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final, pos, neg)
         terms["reg_loss"] = l2_penalty(
             self.user.weight[users], self.item.weight[pos], self.item.weight[neg]
         )
         return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, None)
 
-    def _rec_loss(self, user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        """user, pos, neg: ``(B, D)`` final vectors of the batch's pairs and negatives."""
+    def _rec_loss(
+        self, user: Tensor, pos: Tensor, neg: Tensor, pos_items: Tensor, neg_items: Tensor
+    ) -> Tensor:
+        """user, pos, neg: ``(B, D)`` final vectors of the batch's pairs and negatives;
+        pos_items, neg_items: ``(B,)`` their item indices (for the popularity prior)."""
+        if self.config.popularity_in_training:  # [user ; λ] · [item ; predicted pop]
+            pop, weight = self.content_popularity_column, self.config.popularity_weight
+            user = torch.cat([user, user.new_full((len(user), 1), weight)], 1)
+            pos = torch.cat([pos, pop[pos_items, None].to(pos)], 1)
+            neg = torch.cat([neg, pop[neg_items, None].to(neg)], 1)
         if self.config.rec_loss == "softmax":
             return in_batch_softmax_loss(user, pos, self.config.rec_temperature)
         return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
