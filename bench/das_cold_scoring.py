@@ -34,16 +34,14 @@ from recsys.models.content import popularity_gbdt, popularity_regressor, raw_fea
 def content_popularity(run: RunFolder, counts: np.ndarray) -> np.ndarray:
     """``(I,)``: the content model's trees on the run's raw item features, as a DAS run
     with ``popularity_source: content`` fits them."""
-    from recsys.features.pipeline import FeaturesConfig, build_item_features
-    from recsys.features.presets import default_features
+    from recsys.features.pipeline import build_item_features
+    from recsys.features.presets import run_features
+    from recsys.train.config import parse_run_config
     from recsys.train.runner import feature_cache_dir
 
-    raw_config = run.config()
-    if raw_config.get("features") is not None:
-        config = FeaturesConfig.model_validate(raw_config["features"])
-    else:  # the dataset's preset, as training took it
-        config = default_features(raw_config["data"]["dataset"])
-    features = build_item_features(run.items(), config, cache_dir=feature_cache_dir())
+    config = parse_run_config(run.config())
+    features_config = run_features(config.features, config.data.dataset)
+    features = build_item_features(run.items(), features_config, cache_dir=feature_cache_dir())
     raw = raw_feature_matrix(features)
     return popularity_gbdt(raw, counts).predict(raw)
 

@@ -48,17 +48,23 @@ def _run(root: Path, kappa: float, lam: float, **model):
     )  # fmt: skip
 
 
-def test_grid_reproduces_a_run_trained_with_those_knobs(tmp_path):
-    plain = _run(tmp_path / "plain", 1.0, 0.0)
-    tuned = _run(tmp_path / "tuned", 3.0, 0.5)
+def _assert_grid_reproduces(plain, tuned, plain_knobs, tuned_knobs, source="semantic"):
+    """The grid read from each run with the other's knobs (κ, λ) equals the other run's
+    own valid metrics, and the knobs do change valid."""
     grid = _grid()
-    for source, target, knobs in ((plain, tuned, (3.0, 0.5)), (tuned, plain, (1.0, 0.0))):
-        (row,) = grid(source, [knobs[0]], [knobs[1]])
+    for run, target, (kappa, lam) in ((plain, tuned, tuned_knobs), (tuned, plain, plain_knobs)):
+        (row,) = grid(run, [kappa], [lam], source=source)
         expected = target.metrics()["valid"]
         assert row["valid_ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-4)
         assert row["valid_recall@20"] == pytest.approx(expected["recall@20"], abs=1e-4)
     plain_valid = plain.metrics()["valid"]["ndcg@10"]
     assert tuned.metrics()["valid"]["ndcg@10"] != pytest.approx(plain_valid, abs=1e-6)
+
+
+def test_grid_reproduces_a_run_trained_with_those_knobs(tmp_path):
+    plain = _run(tmp_path / "plain", 1.0, 0.0)
+    tuned = _run(tmp_path / "tuned", 3.0, 0.5)
+    _assert_grid_reproduces(plain, tuned, (1.0, 0.0), (3.0, 0.5))
 
 
 def test_grid_reproduces_an_add_mode_run_with_the_content_popularity(tmp_path):
@@ -68,11 +74,4 @@ def test_grid_reproduces_an_add_mode_run_with_the_content_popularity(tmp_path):
     model = {"pop_dim": 4, "item_id_weight": 0.0, "item_quantizer": quant, "user_quantizer": quant}
     plain = _run(tmp_path / "plain", 0.0, 0.0, **model)
     tuned = _run(tmp_path / "tuned", 0.0, 2.0, popularity_source="content", **model)
-    grid = _grid()
-    for source, target, lam in ((plain, tuned, 2.0), (tuned, plain, 0.0)):
-        (row,) = grid(source, [1.0], [lam], source="content")
-        expected = target.metrics()["valid"]
-        assert row["valid_ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-4)
-        assert row["valid_recall@20"] == pytest.approx(expected["recall@20"], abs=1e-4)
-    plain_valid = plain.metrics()["valid"]["ndcg@10"]
-    assert tuned.metrics()["valid"]["ndcg@10"] != pytest.approx(plain_valid, abs=1e-6)
+    _assert_grid_reproduces(plain, tuned, (1.0, 0.0), (1.0, 2.0), source="content")

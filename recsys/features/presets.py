@@ -34,6 +34,12 @@ def default_features(dataset: str) -> FeaturesConfig:
     return PRESETS[dataset]
 
 
+def run_features(features: FeaturesConfig | None, dataset: str) -> FeaturesConfig:
+    """The features a run uses: its config's ``features`` section, else the dataset's
+    preset (one rule for training and for tools that rebuild a run's features)."""
+    return features if features is not None else default_features(dataset)
+
+
 # User side information (dual quantization): datasets that ship user attributes.
 USER_PRESETS: dict[str, TabularConfig] = {
     "ml-100k": TabularConfig(categorical=["gender", "occupation"], numeric=["age"]),

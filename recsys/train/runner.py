@@ -286,13 +286,13 @@ def feature_cache_dir() -> Path:
 def item_features(dataset: SplitDataset, config: RunConfig):
     """Frozen item features aligned with item indices (cached on disk by content hash)."""
     from recsys.features.pipeline import build_item_features
-    from recsys.features.presets import default_features
+    from recsys.features.presets import run_features
 
     if dataset.item_table is None:
         raise ConfigError(
             f"model {config.model.kind!r} needs item content; {dataset.name} has none"
         )
-    features = config.features or default_features(dataset.name)
+    features = run_features(config.features, dataset.name)
     built = build_item_features(dataset.item_table, features, cache_dir=feature_cache_dir())
     return built, features
 
