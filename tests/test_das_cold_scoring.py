@@ -75,3 +75,36 @@ def test_grid_reproduces_an_add_mode_run_with_the_content_popularity(tmp_path):
     plain = _run(tmp_path / "plain", 0.0, 0.0, **model)
     tuned = _run(tmp_path / "tuned", 0.0, 2.0, popularity_source="content", **model)
     _assert_grid_reproduces(plain, tuned, (1.0, 0.0), (1.0, 2.0), source="content")
+
+
+def test_content_popularity_takes_the_dataset_preset_when_the_run_config_has_none(
+    tmp_path, monkeypatch
+):
+    """A run whose config has no ``features`` section gets its dataset's preset features
+    (as training did): with the preset equal to the run's features the grid still
+    reproduces the run; another preset changes the popularity column."""
+    import numpy as np
+    import yaml
+
+    from recsys.data.splits import TRAIN
+    from recsys.features import presets
+    from recsys.features.pipeline import FeaturesConfig
+
+    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0}
+    model = {"pop_dim": 4, "item_id_weight": 0.0, "item_quantizer": quant, "user_quantizer": quant}
+    run = _run(tmp_path / "tuned", 0.0, 2.0, popularity_source="content", **model)
+    config = run.config()
+    run_features = FeaturesConfig.model_validate(config.pop("features"))
+    run.config_path.write_text(yaml.safe_dump(config))
+
+    monkeypatch.setitem(presets.PRESETS, "table", run_features)
+    (row,) = _grid()(run, [1.0], [2.0], source="content")
+    assert row["valid_ndcg@10"] == pytest.approx(run.metrics()["valid"]["ndcg@10"], abs=1e-4)
+
+    frame = run.interactions()
+    counts = np.bincount(frame.loc[frame["label"] == TRAIN, "item_idx"], minlength=N_ITEMS)
+    content_popularity = load_bench("das_cold_scoring").content_popularity
+    as_trained = content_popularity(run, counts)
+    genres_only = FeaturesConfig.model_validate({"tabular": {"categorical": ["genres"]}})
+    monkeypatch.setitem(presets.PRESETS, "table", genres_only)
+    assert not np.allclose(content_popularity(run, counts), as_trained)
