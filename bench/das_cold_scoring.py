@@ -46,6 +46,12 @@ def content_popularity(run: RunFolder, counts: np.ndarray) -> np.ndarray:
     return popularity_gbdt(raw, counts).predict(raw)
 
 
+def train_item_counts(run: RunFolder, n_items: int) -> np.ndarray:
+    """``(I,)``: each item's training interactions in the run's saved split."""
+    frame = run.interactions()
+    return np.bincount(frame.loc[frame["label"] == TRAIN, "item_idx"], minlength=n_items)
+
+
 def cold_scoring_grid(
     run: RunFolder, kappas: list[float], lambdas: list[float], source: str = "semantic"
 ) -> list[dict[str, float]]:
@@ -61,9 +67,7 @@ def cold_scoring_grid(
     dim, run_lambda = int(model.get("dim", 64)), float(model.get("popularity_weight", 0.0))
     end = items.shape[1] - (1 if run_lambda > 0 else 0)  # drop the run's own pop column
     users, items = users[:, :end], items[:, :end]
-    frame = run.interactions()
-    train = frame[frame["label"] == TRAIN]
-    counts = np.bincount(train["item_idx"].to_numpy(), minlength=items.shape[0])
+    counts = train_item_counts(run, items.shape[0])
     cold = torch.from_numpy(counts == 0)
     if concat:
         if end == dim:

@@ -86,7 +86,6 @@ def test_content_popularity_takes_the_dataset_preset_when_the_run_config_has_non
     import numpy as np
     import yaml
 
-    from recsys.data.splits import TRAIN
     from recsys.features import presets
     from recsys.features.pipeline import FeaturesConfig
 
@@ -101,9 +100,8 @@ def test_content_popularity_takes_the_dataset_preset_when_the_run_config_has_non
     (row,) = _grid()(run, [1.0], [2.0], source="content")
     assert row["valid_ndcg@10"] == pytest.approx(run.metrics()["valid"]["ndcg@10"], abs=1e-4)
 
-    frame = run.interactions()
-    counts = np.bincount(frame.loc[frame["label"] == TRAIN, "item_idx"], minlength=N_ITEMS)
-    content_popularity = load_bench("das_cold_scoring").content_popularity
+    bench = load_bench("das_cold_scoring")
+    counts, content_popularity = bench.train_item_counts(run, N_ITEMS), bench.content_popularity
     as_trained = content_popularity(run, counts)
     genres_only = FeaturesConfig.model_validate({"tabular": {"categorical": ["genres"]}})
     monkeypatch.setitem(presets.PRESETS, "table", genres_only)

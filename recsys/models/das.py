@@ -551,6 +551,11 @@ def _csr(src: np.ndarray, dst: np.ndarray, n_src: int) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(indptr), torch.as_tensor(dst[order].astype(np.int64))
 
 
+def _append_column(vectors: Tensor, column: Tensor) -> Tensor:
+    """``(N, D)``, ``(N,)`` → ``(N, D + 1)``, the column cast to the vectors' dtype/device."""
+    return torch.cat([vectors, column.to(vectors)[:, None]], 1)
+
+
 def _standardized_log(counts: np.ndarray) -> Tensor:
     x = np.log1p(counts.astype(np.float64))
     return torch.as_tensor((x - x.mean()) / max(x.std(), 1e-8), dtype=torch.float32)
@@ -786,8 +791,11 @@ class DualAlignedSemanticIDs(Recommender):
         else:
             s = semantic.cpu().numpy()
             pop = torch.as_tensor(self.popularity_ridge(s).predict(s))
-        weight = users.new_full((len(users), 1), self.config.popularity_weight)
-        return torch.cat([users, weight], 1), torch.cat([items, pop.to(items)[:, None]], 1)
+        return self._with_prior_weight(users), _append_column(items, pop)
+
+    def _with_prior_weight(self, users: Tensor) -> Tensor:
+        """``(U, D)`` → ``(U, D + 1)``: λ appended, the weight of the popularity column."""
+        return _append_column(users, users.new_full((len(users),), self.config.popularity_weight))
 
     def popularity_ridge(self, semantic: np.ndarray):
         """The content model's popularity regressor (ridge, α = 1, on the warm items'
@@ -874,10 +882,9 @@ class DualAlignedSemanticIDs(Recommender):
         """user, pos, neg: ``(B, D)`` final vectors of the batch's pairs and negatives;
         pos_items, neg_items: ``(B,)`` their item indices (for the popularity prior)."""
         if self.config.popularity_in_training:  # [user ; λ] · [item ; predicted pop]
-            pop, weight = self.content_popularity_column, self.config.popularity_weight
-            user = torch.cat([user, user.new_full((len(user), 1), weight)], 1)
-            pos = torch.cat([pos, pop[pos_items, None].to(pos)], 1)
-            neg = torch.cat([neg, pop[neg_items, None].to(neg)], 1)
+            pop = self.content_popularity_column
+            user = self._with_prior_weight(user)
+            pos, neg = _append_column(pos, pop[pos_items]), _append_column(neg, pop[neg_items])
         if self.config.rec_loss == "softmax":
             return in_batch_softmax_loss(user, pos, self.config.rec_temperature)
         return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
