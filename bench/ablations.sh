@@ -1,22 +1,70 @@
 #!/usr/bin/env bash
 # The DAS ablation table in one command:
-#   [JOBS=2] [ONLY='das*'] bench/ablations.sh DATASET SPLIT [extra overrides...]
+#   [JOBS=2] [ONLY='das*'] [SEEDS='2020 1 2'] bench/ablations.sh DATASET SPLIT [extra overrides...]
 # trains configs/ablations/*.yaml on that dataset and split (one thread each, JOBS at a
-# time, default 1) and writes the section "ablations-DATASET-SPLIT" of docs/BENCHMARKS.md.
+# time, default 1) and writes the section "ablations-DATASET-SPLIT" of docs/BENCHMARKS.md
+# (DOC= another file).
 # ONLY: a glob of the configs to (re)train; the table lists every finished run folder.
+# SEEDS: train each config under each of these seeds and write mean ± standard deviation
+# over seeds instead (bench/seeds_table.py, section "ablations-DATASET-SPLIT-seeds").
+# A run under the config's own seed is abl-CONFIG-DATASET-SPLIT, the folder a call
+# without SEEDS makes; another seed S adds "-seedS".
 # The das*.yaml configs come from configs/das.yaml (bench/make_ablation_configs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
 dataset=$1 split=$2; shift 2
-runs=()
-printf '%s\n' configs/ablations/${ONLY:-*}.yaml | xargs -P "${JOBS:-1}" -I{} bash -c '
-  config={} dataset=$1 split=$2; shift 2
-  bench/run_configs.sh "abl-$(basename "$config" .yaml)-$dataset-$split" "$config" \
-    "data.dataset=$dataset" "data.split=$split" "$@"
-' _ "$dataset" "$split" "$@"
-for config in configs/ablations/*.yaml; do
-  run="runs/abl-$(basename "$config" .yaml)-$dataset-$split"
-  if [ -f "$run/metrics.json" ]; then runs+=("$run"); else echo "no finished run: $run" >&2; fi
+
+if [ -n "${SEEDS:-}" ]; then read -ra seeds <<< "$SEEDS"; else seeds=(""); fi
+
+# the seed each config trains with when no override names one
+declare -A config_seed
+if [ -n "${SEEDS:-}" ]; then
+  for config in configs/ablations/*.yaml; do
+    config_seed[$config]=$("$PYTHON" -c 'import sys, yaml
+from recsys.train.config import parse_run_config
+print(parse_run_config(yaml.safe_load(open(sys.argv[1]))).seed)' "$config")
+  done
+fi
+
+run_name() {  # run_name CONFIG SEED
+  local name="abl-$(basename "$1" .yaml)-$dataset-$split"
+  if [ -n "$2" ] && [ "$2" != "${config_seed[$1]}" ]; then name="$name-seed$2"; fi
+  echo "$name"
+}
+
+# each run to train: NAME CONFIG [seed=S]
+jobs=()
+for config in configs/ablations/${ONLY:-*}.yaml; do
+  [ -f "$config" ] || { echo "no config matches configs/ablations/${ONLY:-*}.yaml" >&2; exit 2; }
+  for seed in "${seeds[@]}"; do
+    jobs+=("$(run_name "$config" "$seed") $config${seed:+ seed=$seed}")
+  done
 done
-.venv/bin/python bench/runs_table.py --section "ablations-$dataset-$split" \
-  --title "DAS ablations, $dataset $split" "${runs[@]}"
+
+failed=$(mktemp -u)  # created by any training that fails
+for job in "${jobs[@]}"; do
+  read -r name config seed_override <<< "$job"
+  # the seed last, after the caller's overrides, so that it is the one that counts
+  ( bench/run_configs.sh "$name" "$config" "data.dataset=$dataset" "data.split=$split" "$@" \
+      ${seed_override:+"$seed_override"} || touch "$failed" ) &
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n || true; done
+done
+wait
+if [ -e "$failed" ]; then rm -f "$failed"; echo "a training failed: no table written" >&2; exit 1; fi
+
+runs=()
+for config in configs/ablations/*.yaml; do
+  for seed in "${seeds[@]}"; do
+    run="runs/$(run_name "$config" "$seed")"
+    if [ -f "$run/metrics.json" ]; then runs+=("$run"); else echo "no finished run: $run" >&2; fi
+  done
+done
+doc=(--doc "${DOC:-docs/BENCHMARKS.md}")
+if [ -n "${SEEDS:-}" ]; then
+  "$PYTHON" bench/seeds_table.py "${doc[@]}" --section "ablations-$dataset-$split-seeds" \
+    --title "DAS ablations, $dataset $split, seeds $SEEDS" "${runs[@]}"
+else
+  "$PYTHON" bench/runs_table.py "${doc[@]}" --section "ablations-$dataset-$split" \
+    --title "DAS ablations, $dataset $split" "${runs[@]}"
+fi

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -70,7 +71,9 @@ def update(doc: Path, section: str, body: str) -> None:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(text)
+    partial = doc.with_name(f".{doc.name}.partial")  # a crash leaves the doc as it was
+    partial.write_text(text)
+    os.replace(partial, doc)
 
 
 def section_arguments(description: str | None) -> argparse.Namespace:
