@@ -23,6 +23,16 @@ def _train(args: argparse.Namespace) -> None:
     print(json.dumps({"training": metrics.get("training"), "test": metrics.get("test")}, indent=2))
 
 
+def _refit(args: argparse.Namespace) -> None:
+    from recsys.train.runner import refit_run
+
+    progress = False if args.no_progress else None
+    run = refit_run(Path(args.run), args.name, fresh=args.fresh, progress_bar=progress)
+    metrics = run.metrics()
+    print(f"run folder: {run.root}")
+    print(json.dumps({"training": metrics.get("training"), "test": metrics.get("test")}, indent=2))
+
+
 def _data(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -241,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "refit",
+        help="retrain a finished run's selected model on train + valid into runs/<name>/"
+        " (its first phase copied, not rerun; resumes an interrupted refit)",
+    )
+    p.add_argument("run", help="a finished run folder trained with trainer.refit: false")
+    p.add_argument("--name", required=True, help="the new run's name, a sibling folder")
+    p.add_argument("--fresh", action="store_true", help="discard an existing folder of that name")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_refit)
 
     p = sub.add_parser("data", help="read, validate and split a dataset; print its counts")
     with_config(p)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from recsys.artifacts import RunFolder
 from recsys.eval.bundle import evaluate_run
@@ -265,3 +267,43 @@ def test_interrupted_refit_resumes(tmp_path, tiny_table, monkeypatch):
     resumed = train_run(_refit_config(tmp_path, tiny_table, "crashy")).metrics()
     for key, value in reference["test"].items():
         assert resumed["test"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_refit_of_a_finished_run_equals_refit_in_one_go(tmp_path, tiny_table, monkeypatch):
+    from recsys.cli import main
+    from recsys.errors import ConfigError
+    from recsys.train.runner import refit_run
+
+    one_go = train_run(_refit_config(tmp_path, tiny_table, "one-go")).metrics()
+    plain_cfg = _refit_config(tmp_path, tiny_table, "plain")
+    plain_cfg.trainer.refit = False
+    plain = train_run(plain_cfg)
+    before = plain.metrics_path.read_bytes()
+    with pytest.raises(ConfigError, match="needs a name of its own"):
+        refit_run(plain.root, "plain")
+    argv = ["refit", str(plain.root), "--name", "plain-refit", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["recsys", *argv])  # what the manifest records
+    assert main(argv) == 0
+    copy = RunFolder(tmp_path / "runs" / "plain-refit")
+    metrics = copy.metrics()
+    # the first phase is copied (its curve and selected epoch), only the refit is trained
+    first_phase = {k: v for k, v in metrics["training"].items() if k != "refit"}
+    assert first_phase == plain.metrics()["training"]
+    assert metrics["training"]["refit"]["epochs"] == one_go["training"]["refit"]["epochs"]
+    curve = (copy.log_dir / "metrics.csv").read_bytes()
+    assert curve == (plain.log_dir / "metrics.csv").read_bytes()
+    for split in ("valid", "test"):
+        for key, value in one_go[split].items():
+            assert metrics[split][key] == pytest.approx(value, abs=1e-9), (split, key)
+    assert metrics["test"]["ndcg@10"] != pytest.approx(plain.metrics()["test"]["ndcg@10"])
+    assert plain.metrics_path.read_bytes() == before  # the source keeps its no-refit numbers
+    saved = yaml.safe_load(copy.config_path.read_text())
+    assert saved["name"] == "plain-refit" and saved["trainer"]["refit"] is True
+    assert copy.manifest()["command"] == " ".join(["recsys", *argv])
+    # a run trained with refit, or one whose first phase never finished, is refused
+    with pytest.raises(ConfigError, match="already true"):
+        refit_run(tmp_path / "runs" / "one-go", "again")
+    (plain.checkpoint_dir / "selected.json").unlink()
+    with pytest.raises(ConfigError, match="has not finished"):
+        refit_run(plain.root, "other")
+    assert not (tmp_path / "runs" / "other").exists()

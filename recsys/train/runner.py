@@ -32,7 +32,7 @@ from recsys.eval.ranking import evaluate
 from recsys.io import atomic_write_text
 from recsys.models import TrainingGraph, build_model
 from recsys.models.base import Recommender, dot_scores, frozen_embeddings, model_spec
-from recsys.train.config import RunConfig
+from recsys.train.config import RunConfig, parse_run_config
 from recsys.train.datamodule import InteractionDataModule
 from recsys.train.ema import ParameterEMA
 from recsys.train.module import RecommenderModule
@@ -392,6 +392,49 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
         )
     with run_folder_lock(config):
         return _train_into_folder(config, fresh, dataset, borrowed_codes)
+
+
+def refit_run(
+    source: Path, name: str, fresh: bool = False, progress_bar: bool | None = None
+) -> RunFolder:
+    """Retrain the model a finished run selected, on train + valid, into the sibling folder
+    ``<source's parent>/<name>`` (``recsys refit``). The first phase (its checkpoints,
+    selected epoch and curves) is copied, not rerun, so one first phase gives test numbers
+    under both policies (``source`` keeps its own) and the result equals training the same
+    config with ``trainer.refit: true`` in one go. An interrupted refit resumes; ``fresh``
+    copies the first phase again."""
+    src = RunFolder(source)
+    selected = src.checkpoint_dir / "selected.json"
+    if not src.config_path.exists():
+        raise ConfigError(f"{source}: not a run folder (no config.yaml)")
+    if not selected.exists():
+        raise ConfigError(
+            f"{source}: its first phase has not finished ({selected} is missing); train it"
+            " to the end first"
+        )
+    config = parse_run_config(yaml.safe_load(src.config_path.read_text()))
+    if config.trainer.refit:
+        raise ConfigError(
+            f"{src.config_path}: trainer.refit is already true (its test numbers are the refit's)"
+        )
+    target = source.parent / name
+    if target.resolve() == source.resolve():
+        raise ConfigError(f"{source}: the refit needs a name of its own")
+    config.name, config.output_dir, config.trainer.refit = name, str(source.parent), True
+    if progress_bar is not None:
+        config.trainer.progress_bar = progress_bar
+    with run_folder_lock(config):
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+        if not target.exists():  # copied whole or not at all
+            partial = source.parent / f".{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            for part in (src.checkpoint_dir, src.log_dir):
+                shutil.copytree(part, partial / part.name, ignore=shutil.ignore_patterns("refit"))
+            RunFolder(partial).write_config(config.dump())
+            partial.rename(target)
+    return train_run(config)
 
 
 def _train_into_folder(
