@@ -17,14 +17,14 @@ dataset=$1 split=$2; shift 2
 
 if [ -n "${SEEDS:-}" ]; then read -ra seeds <<< "$SEEDS"; else seeds=(""); fi
 
-# the seed each config trains with when no override names one
+# the seed each config trains with when no override names one (one Python for all)
 declare -A config_seed
 if [ -n "${SEEDS:-}" ]; then
-  for config in configs/ablations/*.yaml; do
-    config_seed[$config]=$("$PYTHON" -c 'import sys, yaml
+  seeds_of_configs=$("$PYTHON" -c 'import sys, yaml
 from recsys.train.config import parse_run_config
-print(parse_run_config(yaml.safe_load(open(sys.argv[1]))).seed)' "$config")
-  done
+for path in sys.argv[1:]:
+    print(path, parse_run_config(yaml.safe_load(open(path))).seed)' configs/ablations/*.yaml)
+  while read -r config seed; do config_seed[$config]=$seed; done <<< "$seeds_of_configs"
 fi
 
 run_name() {  # run_name CONFIG SEED

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from recsys.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr", "coverage@20"]
@@ -71,9 +72,7 @@ def update(doc: Path, section: str, body: str) -> None:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    partial = doc.with_name(f".{doc.name}.partial")  # a crash leaves the doc as it was
-    partial.write_text(text)
-    os.replace(partial, doc)
+    atomic_write_text(doc, text)  # a crash leaves the doc as it was
 
 
 def section_arguments(description: str | None) -> argparse.Namespace:

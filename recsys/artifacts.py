@@ -122,6 +122,12 @@ class RunFolder:
         return self.root / "checkpoints"
 
     @property
+    def selected_path(self) -> Path:
+        """The first phase's outcome (best epoch, timings), written once early stopping is
+        done: its presence marks a finished first phase."""
+        return self.checkpoint_dir / "selected.json"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "logs"
 

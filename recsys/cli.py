@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys.errors import RecsysError
+
+if TYPE_CHECKING:
+    from recsys.artifacts import RunFolder
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -17,7 +21,11 @@ def _train(args: argparse.Namespace) -> None:
     config = load_run_config(args.config, args.overrides)
     if args.no_progress:
         config.trainer.progress_bar = False
-    run = train_run(config, fresh=args.fresh)
+    _print_run(train_run(config, fresh=args.fresh))
+
+
+def _print_run(run: RunFolder) -> None:
+    """A finished run's folder, training summary and test metrics."""
     metrics = run.metrics()
     print(f"run folder: {run.root}")
     print(json.dumps({"training": metrics.get("training"), "test": metrics.get("test")}, indent=2))
@@ -27,10 +35,7 @@ def _refit(args: argparse.Namespace) -> None:
     from recsys.train.runner import refit_run
 
     progress = False if args.no_progress else None
-    run = refit_run(Path(args.run), args.name, fresh=args.fresh, progress_bar=progress)
-    metrics = run.metrics()
-    print(f"run folder: {run.root}")
-    print(json.dumps({"training": metrics.get("training"), "test": metrics.get("test")}, indent=2))
+    _print_run(refit_run(Path(args.run), args.name, fresh=args.fresh, progress_bar=progress))
 
 
 def _data(args: argparse.Namespace) -> None:

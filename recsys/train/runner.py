@@ -404,7 +404,7 @@ def refit_run(
     config with ``trainer.refit: true`` in one go. An interrupted refit resumes; ``fresh``
     copies the first phase again."""
     src = RunFolder(source)
-    selected = src.checkpoint_dir / "selected.json"
+    selected = src.selected_path
     if not src.config_path.exists():
         raise ConfigError(f"{source}: not a run folder (no config.yaml)")
     if not selected.exists():
@@ -461,7 +461,7 @@ def _train_into_folder(
     graph.item_codes = borrowed_codes
     model = build_model(config.model, graph)
     training: dict[str, Any] = {"epochs": 0, "train_seconds": 0.0}
-    selected = run.checkpoint_dir / "selected.json"  # written once early stopping is done
+    selected = run.selected_path
     if model.trainable and resume is not None and selected.exists():
         # the first phase had finished (a crash during the refit): its best weights
         training = json.loads(selected.read_text())
