@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The DAS ablation table in one command:
-#   [JOBS=2] [ONLY='das*'] [SEEDS='2020 1 2'] bench/ablations.sh DATASET SPLIT [extra overrides...]
+#   [JOBS=2] [ONLY='das*'] [SEEDS='2020 1 2'] [RESUME=1] bench/ablations.sh DATASET SPLIT [overrides...]
 # trains configs/ablations/*.yaml on that dataset and split (one thread each, JOBS at a
 # time, default 1) and writes the section "ablations-DATASET-SPLIT" of docs/BENCHMARKS.md
 # (DOC= another file).
@@ -9,6 +9,9 @@
 # over seeds instead (bench/seeds_table.py, section "ablations-DATASET-SPLIT-seeds").
 # A run under the config's own seed is abl-CONFIG-DATASET-SPLIT, the folder a call
 # without SEEDS makes; another seed S adds "-seedS".
+# RESUME=1: keep the runs that already finished with the same config and data, resume the
+# interrupted ones, train the rest (after a crash, or to add seeds to a table); without
+# it every run is retrained from scratch.
 # The das*.yaml configs come from configs/das.yaml (bench/make_ablation_configs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."

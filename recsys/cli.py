@@ -21,7 +21,7 @@ def _train(args: argparse.Namespace) -> None:
     config = load_run_config(args.config, args.overrides)
     if args.no_progress:
         config.trainer.progress_bar = False
-    _print_run(train_run(config, fresh=args.fresh))
+    _print_run(train_run(config, fresh=args.fresh, skip_finished=args.skip_finished))
 
 
 def _print_run(run: RunFolder) -> None:
@@ -251,8 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model into runs/<name>/ (resumes an interrupted run)")
     with_config(p)
-    p.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
         "--fresh", action="store_true", help="discard an existing run folder of that name"
+    )
+    start.add_argument(
+        "--skip-finished",
+        action="store_true",
+        help="leave a run that already finished with this config on this data as it is",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)

@@ -116,6 +116,20 @@ def test_without_seeds_one_run_per_config_and_the_runs_table(project):
     assert "-seeds" not in (project / "BENCH.md").read_text()
 
 
+def test_resume_keeps_finished_runs_and_trains_the_missing_ones(project):
+    """RESUME=1 asks recsys to keep what finished (--skip-finished) instead of --fresh."""
+    assert _run(project, SEEDS="1 2").returncode == 0
+    shutil.rmtree(project / "runs" / "abl-das-ml-100k-loo-seed2")
+    done = _run(project, SEEDS="1 2", RESUME="1")
+    assert done.returncode == 0, done.stderr
+    for run in ["abl-das-ml-100k-loo-seed1", "abl-das-ml-100k-loo-seed2"]:
+        command = json.loads((project / "runs" / run / "manifest.json").read_text())["command"]
+        assert command.split()[-2:] == ["--skip-finished", "--no-progress"], command
+        assert "--fresh" not in command
+    table = _section(project / "BENCH.md", "ablations-ml-100k-loo-seeds")
+    assert "abl-das-ml-100k-loo-seed2" in table
+
+
 def test_a_failed_training_exits_nonzero_and_writes_no_table(project):
     done = _run(project, SEEDS="1 2", JOBS="2", FAIL_NAME="no-align-ml-100k-loo-seed2")
     assert done.returncode != 0

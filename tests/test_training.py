@@ -183,6 +183,53 @@ def test_existing_run_with_other_config_is_refused(tmp_path, tiny_table):
     assert train_run(other, fresh=True).manifest()["embedding_dim"] == 8
 
 
+def test_skip_finished_keeps_a_finished_run_and_resumes_the_rest(tmp_path, tiny_table):
+    """`recsys train --skip-finished` restarts a list of runs after a crash: a run that
+    finished with the same config on the same data is left byte for byte, anything else
+    trains (or is refused) as without the flag."""
+    from recsys.errors import ConfigError
+
+    config = make_config(tmp_path, tiny_table, "kept")
+    run = train_run(config)
+
+    def files() -> dict[Path, tuple[bytes, int]]:  # contents and modification times
+        return {
+            p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.root.rglob("*") if p.is_file()
+        }
+
+    before = files()
+    again = train_run(config, skip_finished=True)
+    assert again.root == run.root
+    assert files() == before
+    # another config under that name is refused, as without the flag
+    with pytest.raises(ConfigError, match="different config"):
+        train_run(make_config(tmp_path, tiny_table, "kept", dim=8), skip_finished=True)
+    with pytest.raises(ConfigError, match="pass one of them"):
+        train_run(config, fresh=True, skip_finished=True)
+    # a folder without a manifest (it never finished) trains, to the same numbers
+    unfinished = make_config(tmp_path, tiny_table, "unfinished")
+    train_run(unfinished).manifest_path.unlink()
+    trained = train_run(unfinished, skip_finished=True)
+    assert trained.manifest()["data_fingerprint"] == run.manifest()["data_fingerprint"]
+    assert trained.metrics()["test"] == run.metrics()["test"]
+
+
+def test_a_finished_run_on_other_data_is_refused(tmp_path, tiny_table):
+    """Same config and name, changed data: resuming would evaluate old weights on new
+    data, so the folder is refused (and --skip-finished does not keep it)."""
+    from recsys.errors import ConfigError
+
+    config = make_config(tmp_path, tiny_table, "data")
+    run = train_run(config)
+    manifest = json.loads(run.manifest_path.read_text())
+    manifest["data_fingerprint"] = "0" * 16  # as if trained on another version of the table
+    run.manifest_path.write_text(json.dumps(manifest))
+    for skip in (False, True):
+        with pytest.raises(ConfigError, match="trained on other data"):
+            train_run(config, skip_finished=skip)
+    assert train_run(config, fresh=True).manifest()["data_fingerprint"] != "0" * 16
+
+
 def _refit_config(tmp_path: Path, table: Path, name: str):
     cfg = make_config(tmp_path, table, name)
     cfg.trainer.max_epochs, cfg.trainer.patience = 6, 2

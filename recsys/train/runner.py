@@ -89,11 +89,21 @@ def run_folder_lock(config: RunConfig) -> Iterator[None]:
         lock.release()
 
 
-def prepare_run_folder(config: RunConfig, fresh: bool) -> tuple[RunFolder, Path | None]:
+def _saved_data_fingerprint(run: RunFolder) -> str | None:
+    """The data fingerprint a finished run's manifest (written last) records."""
+    if not run.manifest_path.exists():
+        return None
+    return json.loads(run.manifest_path.read_text()).get("data_fingerprint")
+
+
+def prepare_run_folder(
+    config: RunConfig, fresh: bool, data_fingerprint: str | None = None
+) -> tuple[RunFolder, Path | None]:
     """Create the run folder; return the checkpoint to resume from, if any.
 
     A folder holding an interrupted run of the same config resumes from ``last.ckpt``;
-    one with a different config is refused rather than silently mixed.
+    one with a different config, or a finished one trained on other data (its manifest's
+    ``data_fingerprint``), is refused rather than silently mixed.
     """
     run = RunFolder(Path(config.output_dir) / config.name)
     resolved = config.dump()
@@ -107,6 +117,13 @@ def prepare_run_folder(config: RunConfig, fresh: bool) -> tuple[RunFolder, Path 
                 f"{run.root} holds a run with a different config; pass --fresh to overwrite it"
                 " or choose another name=..."
             )
+    saved_fingerprint = _saved_data_fingerprint(run)
+    if data_fingerprint and saved_fingerprint and saved_fingerprint != data_fingerprint:
+        raise ConfigError(
+            f"{run.manifest_path}: the run was trained on other data (data_fingerprint"
+            f" {saved_fingerprint}, now {data_fingerprint}); pass --fresh to retrain it or"
+            " choose another name=..."
+        )
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(resolved)
     return run, (last if last.exists() else None)
@@ -378,8 +395,25 @@ def user_features(dataset: SplitDataset):
     return encoder.fit(dataset.user_table).encode(dataset.user_table)
 
 
-def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
-    """Train ``config`` into ``<output_dir>/<name>/`` and return that run folder."""
+def finished_run(config: RunConfig, data_fingerprint: str) -> RunFolder | None:
+    """``config``'s run folder if it holds a finished run (its manifest, written last,
+    exists) of exactly this config on this data; otherwise None."""
+    run = RunFolder(Path(config.output_dir) / config.name)
+    if not (run.config_path.exists() and run.manifest_path.exists()):
+        return None
+    if yaml.safe_load(run.config_path.read_text()) != config.dump():
+        return None
+    return run if _saved_data_fingerprint(run) == data_fingerprint else None
+
+
+def train_run(config: RunConfig, fresh: bool = False, skip_finished: bool = False) -> RunFolder:
+    """Train ``config`` into ``<output_dir>/<name>/`` and return that run folder.
+
+    ``skip_finished`` leaves a run that already finished with this config on this data as
+    it is (nothing rewritten) and returns it, so that a list of runs can be restarted after
+    a crash without retraining what was done; an interrupted run resumes as always."""
+    if fresh and skip_finished:
+        raise ConfigError("--fresh retrains and --skip-finished keeps: pass one of them")
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     if config.trainer.num_threads:
@@ -391,6 +425,9 @@ def train_run(config: RunConfig, fresh: bool = False) -> RunFolder:
             Path(source), dataset.item_map.ids, config.model.quantizer
         )
     with run_folder_lock(config):
+        done = finished_run(config, dataset.fingerprint) if skip_finished else None
+        if done is not None:
+            return done
         return _train_into_folder(config, fresh, dataset, borrowed_codes)
 
 
@@ -440,7 +477,7 @@ def refit_run(
 def _train_into_folder(
     config: RunConfig, fresh: bool, dataset: SplitDataset, borrowed_codes: np.ndarray | None
 ) -> RunFolder:
-    run, resume = prepare_run_folder(config, fresh)
+    run, resume = prepare_run_folder(config, fresh, dataset.fingerprint)
     run.write_data(
         dataset.user_map,
         dataset.item_map,
