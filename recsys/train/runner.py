@@ -89,15 +89,23 @@ def run_folder_lock(config: RunConfig) -> Iterator[None]:
         lock.release()
 
 
-def _saved_data_fingerprint(run: RunFolder) -> str | None:
-    """The data fingerprint a finished run's manifest (written last) records."""
-    if not run.manifest_path.exists():
-        return None
-    return json.loads(run.manifest_path.read_text()).get("data_fingerprint")
+def _held_otherwise(run: RunFolder, resolved: dict[str, Any], data_fingerprint: str) -> str | None:
+    """Why ``run``'s folder cannot hold the run of config ``resolved`` on this data (its
+    saved config differs, or its manifest, written last, names other data); None if it can."""
+    if run.config_path.exists() and yaml.safe_load(run.config_path.read_text()) != resolved:
+        return f"{run.root} holds a run with a different config"
+    if run.manifest_path.exists():
+        saved = json.loads(run.manifest_path.read_text()).get("data_fingerprint")
+        if saved != data_fingerprint:
+            return (
+                f"{run.manifest_path}: the run was trained on other data (data_fingerprint"
+                f" {saved}, now {data_fingerprint})"
+            )
+    return None
 
 
 def prepare_run_folder(
-    config: RunConfig, fresh: bool, data_fingerprint: str | None = None
+    config: RunConfig, fresh: bool, data_fingerprint: str
 ) -> tuple[RunFolder, Path | None]:
     """Create the run folder; return the checkpoint to resume from, if any.
 
@@ -110,20 +118,9 @@ def prepare_run_folder(
     last = run.checkpoint_dir / "last.ckpt"
     if fresh and run.root.exists():
         shutil.rmtree(run.root)
-    if run.config_path.exists():
-        saved = yaml.safe_load(run.config_path.read_text())
-        if saved != resolved:
-            raise ConfigError(
-                f"{run.root} holds a run with a different config; pass --fresh to overwrite it"
-                " or choose another name=..."
-            )
-    saved_fingerprint = _saved_data_fingerprint(run)
-    if data_fingerprint and saved_fingerprint and saved_fingerprint != data_fingerprint:
-        raise ConfigError(
-            f"{run.manifest_path}: the run was trained on other data (data_fingerprint"
-            f" {saved_fingerprint}, now {data_fingerprint}); pass --fresh to retrain it or"
-            " choose another name=..."
-        )
+    reason = _held_otherwise(run, resolved, data_fingerprint)
+    if reason is not None:
+        raise ConfigError(f"{reason}; pass --fresh to overwrite it or choose another name=...")
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(resolved)
     return run, (last if last.exists() else None)
@@ -401,9 +398,7 @@ def finished_run(config: RunConfig, data_fingerprint: str) -> RunFolder | None:
     run = RunFolder(Path(config.output_dir) / config.name)
     if not (run.config_path.exists() and run.manifest_path.exists()):
         return None
-    if yaml.safe_load(run.config_path.read_text()) != config.dump():
-        return None
-    return run if _saved_data_fingerprint(run) == data_fingerprint else None
+    return run if _held_otherwise(run, config.dump(), data_fingerprint) is None else None
 
 
 def train_run(config: RunConfig, fresh: bool = False, skip_finished: bool = False) -> RunFolder:
