@@ -29,6 +29,23 @@ def test_info_nce_closed_form_2x2():
     assert info_nce(a, p.flip(0), temperature=0.5).item() == pytest.approx(expected_bad, rel=1e-6)
 
 
+def test_info_nce_leaves_false_negatives_out():
+    # τ = 1; cosines row 0: [1, 0, 0], row 1: [0, 1, 1], row 2: [1, 0, 0]
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    e = math.e
+    plain = (-math.log(e / (e + 2)) - math.log(e / (1 + 2 * e)) - math.log(1 / (e + 2))) / 3
+    assert info_nce(a, p, 1.0).item() == pytest.approx(plain, rel=1e-6)
+    distinct = torch.tensor([7, 8, 9])
+    assert info_nce(a, p, 1.0, distinct, distinct).item() == pytest.approx(plain, rel=1e-6)
+    # rows 0 and 2 hold the same positive entity: each leaves the other out; row 1 keeps all
+    masked = (-math.log(e / (e + 1)) - math.log(e / (1 + 2 * e)) + math.log(2)) / 3
+    same_item = torch.tensor([5, 6, 5])
+    assert info_nce(a, p, 1.0, positive_ids=same_item).item() == pytest.approx(masked, rel=1e-6)
+    # the same anchor entity (a user's two positives) masks the same cells
+    assert info_nce(a, p, 1.0, anchor_ids=same_item).item() == pytest.approx(masked, rel=1e-6)
+
+
 def test_orthogonality_loss():
     a = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
     assert orthogonality_loss(a, torch.tensor([[0.0, 2.0], [5.0, 0.0]])).item() == 0.0
@@ -169,6 +186,33 @@ def test_das_ablation_switches():
     no_align = small_das(weights={"align_dual": 0, "align_self": 0, "cooc": 0})
     history = _train(build_model(no_align, graph), graph, steps=3)
     assert np.isfinite(history["loss"]).all()
+
+
+def test_das_mask_duplicates_changes_alignment_only_when_a_batch_repeats_an_entity():
+    graph, _ = synthetic_content_graph()
+    plain = build_model(small_das(**CONTENT_CONCAT, weights={"cooc": 0.0}), graph)
+    masked_config = small_das(**CONTENT_CONCAT, weights={"cooc": 0.0}, align_mask_duplicates=True)
+    masked = build_model(masked_config, graph)
+    masked.load_state_dict(plain.state_dict())
+    plain.eval(), masked.eval()
+
+    def align(model, users, items):
+        batch = {"users": torch.tensor(users), "pos_items": torch.tensor(items),
+                 "neg_items": torch.tensor([[1]] * len(users))}  # fmt: skip
+        with torch.no_grad():
+            out = model.loss(batch)
+        return float(out["align_dual_loss"]), float(out["align_self_loss"])
+
+    # distinct users and items: no false negatives, the same loss
+    rows = np.flatnonzero(np.r_[True, np.diff(graph.train_users) != 0])[:6]
+    users, items = graph.train_users[rows].tolist(), graph.train_items[rows].tolist()
+    assert len(set(items)) == len(items)
+    assert align(masked, users, items) == pytest.approx(align(plain, users, items))
+    # user 0's five positives: the other four are no negatives of each, so the loss drops
+    zero = np.flatnonzero(graph.train_users == 0)
+    users, items = graph.train_users[zero].tolist(), graph.train_items[zero].tolist()
+    for got, full in zip(align(masked, users, items), align(plain, users, items), strict=True):
+        assert got < full - 1e-3
 
 
 def test_two_stage_codes_fixed_and_cold_items_represented():

@@ -122,6 +122,11 @@ class DASConfig(TransitionFields):
     )
     rec_temperature: float = Field(default=1.0, gt=0, description="softmax rec_loss: τ")
     align_batch_size: int = Field(default=256, ge=2, description="rows used by InfoNCE terms")
+    align_mask_duplicates: bool = Field(
+        default=False,
+        description="InfoNCE terms leave out of a row's negatives the columns whose user or"
+        " item is the row's own (a popular item drawn twice, a user's other positives)",
+    )
     input_dim: int = Field(default=64, ge=1, description="PCA size of each frozen feature block")
     dual: bool = Field(default=True, description="user semantic tower and user quantizer")
     code_embeddings: bool = Field(
@@ -898,27 +903,31 @@ class DualAlignedSemanticIDs(Recommender):
         # Alignment on a subset of the batch: in-batch InfoNCE is quadratic in its size.
         a = torch.arange(min(len(users), cfg.align_batch_size), device=users.device)
         (ui, up), (ii, ip) = self._split(e_u[a]), self._split(e_p[a])
+        # Entity ids of the rows, for leaving false negatives out of the InfoNCE terms.
+        uid, iid = (users[a], pos[a]) if cfg.align_mask_duplicates else (None, None)
+
+        def nce(anchor: Tensor, positive: Tensor, anchor_ids, positive_ids) -> Tensor:
+            return info_nce(anchor, positive, cfg.temperature, anchor_ids, positive_ids)
+
         zero = e_u.new_zeros(())
         terms["align_dual_loss"] = zero
-        terms["align_self_loss"] = info_nce(s_pos[a], ii, cfg.temperature)
+        terms["align_self_loss"] = nce(s_pos[a], ii, iid, None)
         if s_u is not None:
-            terms["align_dual_loss"] = info_nce(s_u[a], ii, cfg.temperature) + info_nce(
-                ui, s_pos[a], cfg.temperature
-            )
-            terms["align_self_loss"] = terms["align_self_loss"] + info_nce(
-                s_u[a], ui, cfg.temperature
-            )
+            terms["align_dual_loss"] = nce(s_u[a], ii, uid, iid) + nce(ui, s_pos[a], uid, iid)
+            terms["align_self_loss"] = terms["align_self_loss"] + nce(s_u[a], ui, uid, None)
         else:
-            terms["align_dual_loss"] = info_nce(ui, s_pos[a], cfg.temperature)
+            terms["align_dual_loss"] = nce(ui, s_pos[a], uid, iid)
         terms["cooc_loss"] = zero
         if w.cooc:
             j = self._sample_neighbor(self.u_ptr, self.u_items, users[a])
             s_j = s_items[j] if s_items is not None else self.item_tower(j).quantized
-            terms["cooc_loss"] = info_nce(s_pos[a], s_j, cfg.temperature)
+            j_ids = j if cfg.align_mask_duplicates else None
+            terms["cooc_loss"] = nce(s_pos[a], s_j, iid, j_ids)
             if self.user_tower is not None and s_u is not None:
                 v = self._sample_neighbor(self.i_ptr, self.i_users, pos[a])
                 s_v = self.align_user(self.user_tower(v).quantized)
-                terms["cooc_loss"] = terms["cooc_loss"] + info_nce(s_u[a], s_v, cfg.temperature)
+                v_ids = v if cfg.align_mask_duplicates else None
+                terms["cooc_loss"] = terms["cooc_loss"] + nce(s_u[a], s_v, uid, v_ids)
         terms["debias_pop_loss"] = zero
         terms["debias_orth_loss"] = zero
         if cfg.pop_dim > 0:

@@ -36,16 +36,36 @@ def in_batch_softmax_loss(user: Tensor, item: Tensor, temperature: float = 1.0) 
     return F.cross_entropy(logits, target)
 
 
-def info_nce(anchor: Tensor, positive: Tensor, temperature: float = 0.2) -> Tensor:
+def info_nce(
+    anchor: Tensor,
+    positive: Tensor,
+    temperature: float = 0.2,
+    anchor_ids: Tensor | None = None,
+    positive_ids: Tensor | None = None,
+) -> Tensor:
     """Symmetric-free InfoNCE with in-batch negatives on cosine similarity.
 
     anchor, positive: ``(B, D)``; row b of ``positive`` is the positive of row b of
     ``anchor``, every other row a negative.  Returns the mean of
     ``-log softmax(cos(a_b, p_·) / τ)[b]``.
+
+    anchor_ids, positive_ids: optional ``(B,)`` entity ids of the rows.  Given, a column
+    j ≠ b whose anchor or positive is the same entity as row b's is left out of row b's
+    denominator: it is not a negative (the same item drawn twice, or another positive of
+    the same user), and pushing it away would fight the positive term.
     """
     a = F.normalize(anchor, dim=-1)
     p = F.normalize(positive, dim=-1)
     logits = a @ p.T / temperature
+    masks = [
+        ids.unsqueeze(1) == ids.unsqueeze(0)
+        for ids in (anchor_ids, positive_ids)
+        if ids is not None
+    ]
+    if masks:
+        false_negatives = torch.stack(masks).any(dim=0)
+        false_negatives.fill_diagonal_(False)
+        logits = logits.masked_fill(false_negatives, float("-inf"))
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
 
 
