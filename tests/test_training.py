@@ -214,6 +214,25 @@ def test_skip_finished_keeps_a_finished_run_and_resumes_the_rest(tmp_path, tiny_
     assert trained.metrics()["test"] == run.metrics()["test"]
 
 
+def test_skip_finished_names_a_run_kept_from_another_commit(
+    tmp_path, tiny_table, capsys, monkeypatch
+):
+    from recsys import artifacts
+    from recsys.train import runner
+
+    for module in (artifacts, runner):  # the manifest's writer and the check
+        monkeypatch.setattr(module, "git_commit", lambda: "a" * 40)
+    config = make_config(tmp_path, tiny_table, "old-code")
+    run = train_run(config)
+    capsys.readouterr()
+    assert train_run(config, skip_finished=True).root == run.root
+    assert "finished at commit" not in capsys.readouterr().err  # same commit: silent
+    monkeypatch.setattr(runner, "git_commit", lambda: "b" * 40)
+    assert train_run(config, skip_finished=True).root == run.root  # still kept
+    err = capsys.readouterr().err
+    assert f"finished at commit {'a' * 12}, the code is now at {'b' * 12}" in err
+
+
 def test_a_finished_run_on_other_data_is_refused(tmp_path, tiny_table):
     """Same config and name, changed data: resuming would evaluate old weights on new
     data, so the folder is refused (and --skip-finished does not keep it)."""

@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from recsys.artifacts import RunFolder
+from recsys.artifacts import RunFolder, git_commit
 from recsys.data.dataset import SplitDataset, load_dataset
 from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.errors import ConfigError
@@ -394,11 +394,21 @@ def user_features(dataset: SplitDataset):
 
 def finished_run(config: RunConfig, data_fingerprint: str) -> RunFolder | None:
     """``config``'s run folder if it holds a finished run (its manifest, written last,
-    exists) of exactly this config on this data; otherwise None."""
+    exists) of exactly this config on this data; otherwise None. A run kept from another
+    code version (the manifest's git commit) is named on stderr."""
     run = RunFolder(Path(config.output_dir) / config.name)
     if not (run.config_path.exists() and run.manifest_path.exists()):
         return None
-    return run if _held_otherwise(run, config.dump(), data_fingerprint) is None else None
+    if _held_otherwise(run, config.dump(), data_fingerprint) is not None:
+        return None
+    then, now = run.manifest().get("git_commit"), git_commit()
+    if then and now and then != now:  # kept all the same: the code may not change its numbers
+        print(
+            f"kept {run.root}: finished at commit {then[:12]}, the code is now at {now[:12]};"
+            " its numbers are that code's (--fresh retrains it)",
+            file=sys.stderr,
+        )
+    return run
 
 
 def train_run(config: RunConfig, fresh: bool = False, skip_finished: bool = False) -> RunFolder:
