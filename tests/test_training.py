@@ -214,6 +214,26 @@ def test_skip_finished_keeps_a_finished_run_and_resumes_the_rest(tmp_path, tiny_
     assert trained.metrics()["test"] == run.metrics()["test"]
 
 
+def test_a_run_saved_before_a_config_key_existed_is_the_same_config(tmp_path, tiny_table):
+    """A key added to a config since a run was saved, left at its default, does not make
+    the folder another config (resume and --skip-finished keep it); a changed value and a
+    key the code no longer knows do."""
+    from recsys.errors import ConfigError
+
+    config = make_config(tmp_path, tiny_table, "older")
+    run = train_run(config)
+    saved = yaml.safe_load(run.config_path.read_text())
+    assert saved["trainer"].pop("ema_decay") is None  # as if saved before ema_decay existed
+    run.config_path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    before = run.manifest_path.stat().st_mtime_ns
+    assert train_run(config, skip_finished=True).root == run.root
+    assert run.manifest_path.stat().st_mtime_ns == before
+    for changed in ({**saved["trainer"], "ema_decay": 0.9}, {**saved["trainer"], "old_key": 1}):
+        run.config_path.write_text(yaml.safe_dump({**saved, "trainer": changed}))
+        with pytest.raises(ConfigError, match="different config"):
+            train_run(config, skip_finished=True)
+
+
 def test_skip_finished_names_a_run_kept_from_another_commit(
     tmp_path, tiny_table, capsys, monkeypatch
 ):

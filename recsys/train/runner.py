@@ -89,10 +89,24 @@ def run_folder_lock(config: RunConfig) -> Iterator[None]:
         lock.release()
 
 
+def _same_config(saved: Any, resolved: dict[str, Any]) -> bool:
+    """Whether a run folder's saved config is ``resolved``, once validated by today's code:
+    a key added since, at its default, does not make an older run another config (new
+    keys default to the behaviour before them); a key since removed or renamed does."""
+    if saved == resolved:
+        return True
+    try:
+        return isinstance(saved, dict) and parse_run_config(saved).dump() == resolved
+    except ConfigError:
+        return False
+
+
 def _held_otherwise(run: RunFolder, resolved: dict[str, Any], data_fingerprint: str) -> str | None:
     """Why ``run``'s folder cannot hold the run of config ``resolved`` on this data (its
     saved config differs, or its manifest, written last, names other data); None if it can."""
-    if run.config_path.exists() and yaml.safe_load(run.config_path.read_text()) != resolved:
+    if run.config_path.exists() and not _same_config(
+        yaml.safe_load(run.config_path.read_text()), resolved
+    ):
         return f"{run.root} holds a run with a different config"
     if run.manifest_path.exists():
         saved = json.loads(run.manifest_path.read_text()).get("data_fingerprint")
