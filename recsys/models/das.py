@@ -906,8 +906,8 @@ class DualAlignedSemanticIDs(Recommender):
         # Entity ids of the rows, for leaving false negatives out of the InfoNCE terms.
         uid, iid = (users[a], pos[a]) if cfg.align_mask_duplicates else (None, None)
 
-        def nce(anchor: Tensor, positive: Tensor, anchor_ids, positive_ids) -> Tensor:
-            return info_nce(anchor, positive, cfg.temperature, anchor_ids, positive_ids)
+        def nce(a_: Tensor, p_: Tensor, a_ids: Tensor | None, p_ids: Tensor | None) -> Tensor:
+            return info_nce(a_, p_, cfg.temperature, a_ids, p_ids)
 
         zero = e_u.new_zeros(())
         terms["align_dual_loss"] = zero
