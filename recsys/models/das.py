@@ -903,10 +903,13 @@ class DualAlignedSemanticIDs(Recommender):
         # Alignment on a subset of the batch: in-batch InfoNCE is quadratic in its size.
         a = torch.arange(min(len(users), cfg.align_batch_size), device=users.device)
         (ui, up), (ii, ip) = self._split(e_u[a]), self._split(e_p[a])
-        # Entity ids of the rows, for leaving false negatives out of the InfoNCE terms.
-        uid, iid = (users[a], pos[a]) if cfg.align_mask_duplicates else (None, None)
+        uid, iid = users[a], pos[a]
 
         def nce(a_: Tensor, p_: Tensor, a_ids: Tensor | None, p_ids: Tensor | None) -> Tensor:
+            """InfoNCE of the rows' entities ``a_ids`` / ``p_ids``: with
+            align_mask_duplicates, false negatives (the row's own entity) are left out."""
+            if not cfg.align_mask_duplicates:
+                a_ids = p_ids = None
             return info_nce(a_, p_, cfg.temperature, a_ids, p_ids)
 
         zero = e_u.new_zeros(())
@@ -921,13 +924,11 @@ class DualAlignedSemanticIDs(Recommender):
         if w.cooc:
             j = self._sample_neighbor(self.u_ptr, self.u_items, users[a])
             s_j = s_items[j] if s_items is not None else self.item_tower(j).quantized
-            j_ids = j if cfg.align_mask_duplicates else None
-            terms["cooc_loss"] = nce(s_pos[a], s_j, iid, j_ids)
+            terms["cooc_loss"] = nce(s_pos[a], s_j, iid, j)
             if self.user_tower is not None and s_u is not None:
                 v = self._sample_neighbor(self.i_ptr, self.i_users, pos[a])
                 s_v = self.align_user(self.user_tower(v).quantized)
-                v_ids = v if cfg.align_mask_duplicates else None
-                terms["cooc_loss"] = terms["cooc_loss"] + nce(s_u[a], s_v, uid, v_ids)
+                terms["cooc_loss"] = terms["cooc_loss"] + nce(s_u[a], s_v, uid, v)
         terms["debias_pop_loss"] = zero
         terms["debias_orth_loss"] = zero
         if cfg.pop_dim > 0:

@@ -19,7 +19,6 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -104,9 +103,7 @@ def _same_config(saved: Any, resolved: dict[str, Any]) -> bool:
 def _held_otherwise(run: RunFolder, resolved: dict[str, Any], data_fingerprint: str) -> str | None:
     """Why ``run``'s folder cannot hold the run of config ``resolved`` on this data (its
     saved config differs, or its manifest, written last, names other data); None if it can."""
-    if run.config_path.exists() and not _same_config(
-        yaml.safe_load(run.config_path.read_text()), resolved
-    ):
+    if run.config_path.exists() and not _same_config(run.config(), resolved):
         return f"{run.root} holds a run with a different config"
     if run.manifest_path.exists():
         saved = json.loads(run.manifest_path.read_text()).get("data_fingerprint")
@@ -468,7 +465,7 @@ def refit_run(
             f"{source}: its first phase has not finished ({selected} is missing); train it"
             " to the end first"
         )
-    config = parse_run_config(yaml.safe_load(src.config_path.read_text()))
+    config = parse_run_config(src.config())
     if config.trainer.refit:
         raise ConfigError(
             f"{src.config_path}: trainer.refit is already true (its test numbers are the refit's)"
