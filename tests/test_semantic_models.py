@@ -215,6 +215,53 @@ def test_das_mask_duplicates_changes_alignment_only_when_a_batch_repeats_an_enti
         assert got < full - 1e-3
 
 
+def test_das_leave_target_out_pools_the_history_without_the_pair_item():
+    graph, _ = synthetic_content_graph()
+    # user 0 keeps one item only: leaving it out empties their history
+    one = np.flatnonzero(graph.train_users == 0)[1:]
+    keep = np.setdiff1d(np.arange(len(graph.train_users)), one)
+    graph = TrainingGraph(graph.n_users, graph.n_items, graph.train_users[keep],
+                          graph.train_items[keep], item_features=graph.item_features)  # fmt: skip
+    beta, decay, gamma = 2.0, 0.8, 1.5
+    config = small_das(
+        **CONTENT_CONCAT, user_semantic="history", user_history_weight=beta,
+        history_decay=decay, semantic_weight=gamma, history_leave_target_out=True,
+    )  # fmt: skip
+    model = build_model(config, graph)
+    model.eval()
+    with torch.no_grad():
+        vectors = model._concat_vectors(model.item_tower(None), None)
+        users, items = torch.as_tensor(graph.train_users), torch.as_tensor(graph.train_items)
+        final, collab = model._leave_target_out(vectors, users, items)
+    d = config.dim
+    c_i, s_i = vectors.items[:, :d].numpy(), vectors.items[:, d:].numpy()
+    own = (vectors.collab_users - beta * vectors.collab_history).numpy()  # propagated ID rows
+    weight = decay ** graph.recency_rank().astype(float)
+    for row, (u, i) in enumerate(zip(graph.train_users, graph.train_items, strict=True)):
+        others = (graph.train_users == u) & (graph.train_items != i)
+        w = weight[others] / weight[others].sum() if others.any() else weight[others]
+        rest = graph.train_items[others]
+        want_c = own[u] + beta * (w @ c_i[rest] if others.any() else 0)
+        want_s = gamma * (w @ s_i[rest]) if others.any() else np.zeros(s_i.shape[1])
+        np.testing.assert_allclose(collab[row].numpy(), want_c, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(final[row, :d].numpy(), want_c, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(final[row, d:].numpy(), want_s, rtol=1e-4, atol=1e-5)
+    # scoring is unchanged: the held-out item is never in the history there
+    plain = build_model(config.model_copy(update={"history_leave_target_out": False}), graph)
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        for got, want in zip(model.embeddings(), plain.embeddings(), strict=True):
+            assert torch.equal(got, want)
+        batch = {"users": users[:8], "pos_items": items[:8], "neg_items": items[8:16, None]}
+        assert float(model.loss(batch)["rec_loss"]) != float(plain.loss(batch)["rec_loss"])
+
+
+def test_das_leave_target_out_needs_a_pooled_history():
+    with pytest.raises(ValueError, match="history_leave_target_out"):
+        small_das(**CONTENT_CONCAT, user_semantic="sid", history_leave_target_out=True)
+
+
 def test_two_stage_codes_fixed_and_cold_items_represented():
     graph, cluster = synthetic_content_graph()
     config = TwoStageConfig(dim=8, quantizer={"kind": "rqkmeans", "levels": 2, "codebook_size": 3})

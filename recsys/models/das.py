@@ -47,7 +47,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -197,6 +197,14 @@ class DASConfig(TransitionFields):
         " history items' propagated collaborative vectors (FISM/SVD++-style, refreshed"
         " with the valid items when scoring test); 0: the ID embedding alone",
     )
+    history_leave_target_out: bool = Field(
+        default=False,
+        description="concat mode, training: a pair's user vector pools the user's history"
+        " without the pair's own item (FISM's leave-one-out: the other items keep their"
+        " recency weights, renormalised), as scoring never has the held-out item in the"
+        " history; False: the whole training history, the pair's item included. Needs a"
+        " pooled history (user_semantic: history or user_history_weight > 0)",
+    )
     cold_semantic_weight: float = Field(
         default=1.0,
         gt=0,
@@ -273,6 +281,12 @@ class DASConfig(TransitionFields):
         for name in ("user_history_weight", "transition_dim"):
             if getattr(self, name) > 0 and self.semantic_combination != "concat":
                 raise ValueError(f"{name} needs semantic_combination: concat")
+        pooled = self.user_semantic == "history" or self.user_history_weight > 0
+        if self.history_leave_target_out and not (self.semantic_combination == "concat" and pooled):
+            raise ValueError(
+                "history_leave_target_out needs semantic_combination: concat and a pooled"
+                " history (user_semantic: history or user_history_weight > 0)"
+            )
         if self.semantic_combination == "concat" and self.propagate_semantic:
             raise ValueError(
                 "semantic_combination: concat propagates the code embeddings"
@@ -283,6 +297,19 @@ class DASConfig(TransitionFields):
     @property
     def interest_dim(self) -> int:
         return self.dim - self.pop_dim
+
+
+class ConcatVectors(NamedTuple):
+    """concat mode's representations: final ``users (U, D + d_s)`` and ``items (I, D +
+    d_s)`` (collaborative then semantic columns), ``collab_users (U, D)``, ``item_ego (I,
+    D)`` (layer-0 collaborative item rows) and ``collab_history (U, D)``: each user's
+    pooled history of propagated item rows (None without user_history_weight)."""
+
+    users: Tensor
+    items: Tensor
+    collab_users: Tensor
+    item_ego: Tensor
+    collab_history: Tensor | None
 
 
 @dataclasses.dataclass
@@ -748,12 +775,15 @@ class DualAlignedSemanticIDs(Recommender):
             self._suffix_cache = cached = (codes.detach().clone(), suffix)
         return cached[1]
 
-    def _concat_vectors(self, item_out, user_out) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """concat mode: (final users, final items, collaborative users, item ego)."""
+    def _concat_vectors(self, item_out, user_out) -> ConcatVectors:
+        """concat mode: final users and items, collaborative users, item ego and the
+        users' pooled collaborative history."""
         ego = self._collaborative_item_ego(item_out)
         c_u, c_i = self.propagation(self.user.weight, ego)
+        c_hist = None
         if self.collab_history:
-            c_u = c_u + self.config.user_history_weight * torch.sparse.mm(self.history_pool, c_i)
+            c_hist = torch.sparse.mm(self.history_pool, c_i)
+            c_u = c_u + self.config.user_history_weight * c_hist
         gamma = self._gamma()
         s_i = item_out.quantized
         if self.pool_history:
@@ -762,14 +792,48 @@ class DualAlignedSemanticIDs(Recommender):
             s_u = user_out.quantized
         else:  # item side only: no user semantic vector to pair with s_i
             s_u, s_i = c_u.new_zeros(len(c_u), 0), c_i.new_zeros(len(c_i), 0)
-        return torch.cat([c_u, gamma * s_u], 1), torch.cat([c_i, s_i], 1), c_u, ego
+        users, items = torch.cat([c_u, gamma * s_u], 1), torch.cat([c_i, s_i], 1)
+        return ConcatVectors(users, items, c_u, ego, c_hist)
+
+    def history_target_weights(self, users: Tensor, items: Tensor) -> Tensor:
+        """``(B,)``: the weight of each pair's item in its user's pooled history (a row of
+        ``history_pool``, summing to 1); 0 where the item is not in that history."""
+        pool = self.history_pool
+        index, values = pool.indices(), pool.values()
+        keys = index[0] * self.n_items + index[1]  # coalesced: sorted
+        wanted = users * self.n_items + items
+        at = torch.searchsorted(keys, wanted).clamp(max=max(len(keys) - 1, 0))
+        found = keys[at] == wanted if len(keys) else torch.zeros_like(wanted, dtype=torch.bool)
+        return torch.where(found, values[at], values.new_zeros(()))
+
+    def _leave_target_out(self, vectors: ConcatVectors, users: Tensor, pos: Tensor):
+        """Training pairs' final and collaborative user rows ``(B, ·)`` with the pair's item
+        ``pos (B,)`` taken out of the user's pooled history: a pooled part
+        ``h = Σ_j w_j x_j`` becomes ``(h − w_i x_i) / (1 − w_i)`` (0 when i was the whole
+        history), the other items keeping their recency weights."""
+        d, beta = self.config.dim, self.config.user_history_weight
+        w = self.history_target_weights(users, pos)[:, None]
+        rest = torch.where(w < 1, 1 / (1 - w).clamp(min=1e-12), torch.zeros_like(w))
+        target = vectors.items[pos]  # (B, D + d_s): c_i then s_i
+
+        def change(pooled: Tensor, x: Tensor) -> Tensor:
+            """(h − w x) / (1 − w) − h: what leaving the target out adds to h."""
+            return (pooled - w * x) * rest - pooled
+
+        collab = vectors.collab_users[users]
+        if vectors.collab_history is not None:
+            collab = collab + beta * change(vectors.collab_history[users], target[:, :d])
+        semantic = vectors.users[users, d:]
+        if self.pool_history:  # γ·s_u = Σ_j w_j (γ s_j)
+            semantic = semantic + change(semantic, self._gamma() * target[:, d:])
+        return torch.cat([collab, semantic], 1), collab
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         if self.concat:
             scored = self.user_tower is not None and not self.pool_history
             user_out = self.user_tower(None) if scored else None  # else unused here
             item_out = self.item_tower(None)
-            users, items, _, _ = self._concat_vectors(item_out, user_out)
+            users, items = self._concat_vectors(item_out, user_out)[:2]
             d = self.config.dim
             items = torch.cat([items[:, :d], items[:, d:] * self.item_semantic_scale[:, None]], 1)
             users, items = with_transition(self.transition, users, items, item_out.codes)
@@ -825,10 +889,12 @@ class DualAlignedSemanticIDs(Recommender):
             # Towers over all rows (the propagation needs every item's codes).
             item_out = self.item_tower(None)
             user_out = self.user_tower(None) if self.user_tower is not None else None
-            f_u, f_i, c_u, ego = self._concat_vectors(item_out, user_out)
+            vectors = self._concat_vectors(item_out, user_out)
+            f_u, f_i, ego = vectors.users, vectors.items, vectors.item_ego
             u_final, p_final, n_final = f_u[users], f_i[pos], f_i[neg]
-            c_i = f_i[:, : cfg.dim]
-            e_u, e_p = c_u[users], c_i[pos]  # the collaborative side that is aligned
+            e_u, e_p = vectors.collab_users[users], f_i[pos, : cfg.dim]  # what is aligned
+            if cfg.history_leave_target_out:
+                u_final, e_u = self._leave_target_out(vectors, users, pos)
             s_all = self.align_item(item_out.quantized)
             s_pos = s_all[pos]
             terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
