@@ -146,6 +146,15 @@ def build_model(config: StrictModel, graph: TrainingGraph) -> Recommender:
     return model_spec(config.kind).build(config, graph)  # type: ignore[attr-defined]
 
 
+def find_sorted(keys: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions of ``wanted (B,)`` in the ascending ``keys (E,)`` and whether each is
+    there: ``(at, found)``, ``at`` clamped to a valid index (any, where not found)."""
+    if len(keys) == 0:
+        return torch.zeros_like(wanted), torch.zeros_like(wanted, dtype=torch.bool)
+    at = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
+    return at, keys[at] == wanted
+
+
 def dot_scores(user_emb: Tensor, item_emb: Tensor) -> Callable[[Tensor], Tensor]:
     """A score function ``users (B,) → (B, n_items)`` over fixed embeddings."""
 

@@ -56,7 +56,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from recsys.config import StrictModel
-from recsys.models.base import Recommender, TrainingGraph, register_model
+from recsys.models.base import Recommender, TrainingGraph, find_sorted, register_model
 from recsys.models.content import (
     content_item_matrix,
     popularity_gbdt,
@@ -656,8 +656,9 @@ class DualAlignedSemanticIDs(Recommender):
         # either side pooling the history: test scoring refreshes the pooling with valid
         self.history_pooled = self.pool_history or self.collab_history
         if self.history_pooled:
-            pooling = history_pooling(graph, config.history_decay)
-            self.register_buffer("history_pool", pooling, persistent=False)
+            self.register_buffer("history_pool", None, persistent=False)
+            self.register_buffer("history_keys", None, persistent=False)
+            self._set_history_pool(history_pooling(graph, config.history_decay))
         self.transition = transition_block(  # concat only (validated)
             config, graph, config.item_quantizer.levels, config.item_quantizer.codebook_size
         )
@@ -732,7 +733,7 @@ class DualAlignedSemanticIDs(Recommender):
         graph = TrainingGraph(self.n_users, self.n_items, users, items)
         if self.history_pooled:
             pooling = history_pooling(graph, self.config.history_decay)
-            self.history_pool = pooling.to(self.history_pool.device)
+            self._set_history_pool(pooling.to(self.history_pool.device))
         moved = transition_history(self.transition, users, items) or self.history_pooled
         if self.user_tower is None:
             return moved
@@ -795,15 +796,17 @@ class DualAlignedSemanticIDs(Recommender):
         users, items = torch.cat([c_u, gamma * s_u], 1), torch.cat([c_i, s_i], 1)
         return ConcatVectors(users, items, c_u, ego, c_hist)
 
+    def _set_history_pool(self, pooling: Tensor) -> None:
+        """The users' pooled history ``(U, I)`` and its entries' sorted ``user·I + item``
+        keys (coalesced COO is row-major), for looking up a pair's own weight."""
+        index = pooling.indices()
+        self.history_pool, self.history_keys = pooling, index[0] * self.n_items + index[1]
+
     def history_target_weights(self, users: Tensor, items: Tensor) -> Tensor:
         """``(B,)``: the weight of each pair's item in its user's pooled history (a row of
         ``history_pool``, summing to 1); 0 where the item is not in that history."""
-        pool = self.history_pool
-        index, values = pool.indices(), pool.values()
-        keys = index[0] * self.n_items + index[1]  # coalesced: sorted
-        wanted = users * self.n_items + items
-        at = torch.searchsorted(keys, wanted).clamp(max=max(len(keys) - 1, 0))
-        found = keys[at] == wanted if len(keys) else torch.zeros_like(wanted, dtype=torch.bool)
+        values = self.history_pool.values()
+        at, found = find_sorted(self.history_keys, users * self.n_items + items)
         return torch.where(found, values[at], values.new_zeros(()))
 
     def _leave_target_out(self, vectors: ConcatVectors, users: Tensor, pos: Tensor):

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from recsys.config import StrictModel
-from recsys.models.base import TrainingGraph
+from recsys.models.base import TrainingGraph, find_sorted
 from recsys.models.semantic import warm_mask
 
 
@@ -186,9 +186,7 @@ class TransitionBlock(nn.Module):
         """``(B, dim)``: the query of training pairs ``(users, items) (B,)``, from the items
         the user had before each; a pair not in the training graph gets the user's query."""
         self._check_codes(codes)
-        keys = users * self.n_items + items
-        at = torch.searchsorted(self.pair_keys, keys).clamp(max=len(self.pair_keys) - 1)
-        found = self.pair_keys[at] == keys
+        at, found = find_sorted(self.pair_keys, users * self.n_items + items)
         pair = self._pool(self.pair_items[at], self.pair_weights[at], codes)
         if bool(found.all()):  # training pairs always are: no second pooling on that path
             return pair
