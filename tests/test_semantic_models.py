@@ -14,7 +14,7 @@ from recsys.models import TrainingGraph, build_model
 from recsys.models.content import ContentConfig
 from recsys.models.das import DASConfig
 from recsys.models.losses import info_nce, orthogonality_loss
-from recsys.models.quantizer import assign_semantic_ids
+from recsys.models.quantizer import assign_semantic_ids, codebook_stats
 from recsys.models.two_stage import TwoStageConfig
 
 
@@ -289,6 +289,52 @@ def test_das_code_churn_metric():
     after = model.item_tower.codes()
     expected = float((before != after).any(dim=1).float().mean())
     assert model.epoch_metrics()["sid_changed_frac"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("from_eval", [False, True])
+def test_das_codes_from_eval_fusion_gives_training_the_evaluation_codes(from_eval):
+    graph, _ = synthetic_content_graph()
+    noisy = {"hidden_dim": 16, "dropout": 0.5, "modality_dropout": 0.5}
+    config = small_das(
+        item_fusion=noisy,
+        user_fusion={"hidden_dim": 16, "dropout": 0.5},
+        item_quantizer={"levels": 2, "codebook_size": 8, "dead_code_steps": 0,
+                        "sinkhorn_last_level": False},
+        codes_from_eval_fusion=from_eval,
+    )  # fmt: skip
+    model = build_model(config, graph)
+    for tower in (model.item_tower, model.user_tower):
+        expected = tower.codes()  # what evaluation and serving assign (no dropout)
+        tower.train()
+        torch.manual_seed(0)
+        train_codes = tower(None).codes
+        assert tower.fusion.training  # the dropout-free pass leaves training mode on
+        assert torch.equal(train_codes, expected) == from_eval
+
+
+@pytest.mark.parametrize("revive", [False, True])
+def test_das_revive_codes_after_an_epoch_uses_every_code(revive):
+    graph, _ = synthetic_content_graph()
+    quant = {"levels": 2, "codebook_size": 8, "dead_code_steps": 0, "sinkhorn_last_level": False}
+    torch.manual_seed(0)
+    config = small_das(
+        item_fusion={"hidden_dim": 16, "dropout": 0.5, "modality_dropout": 0.5},
+        item_quantizer=quant, user_quantizer=quant, revive_codes=revive,
+    )  # fmt: skip
+    model = build_model(config, graph)
+    _train(model, graph, steps=30, lr=0.05)
+    item_books = model.item_tower.quantizer.codebooks.clone()
+    stats = codebook_stats(model.item_tower.codes(), 8)
+    assert stats["utilization_mean"] < 1.0  # training left codes unused
+    model.after_epoch_steps()
+    for tower, n in ((model.item_tower, 8), (model.user_tower, 8)):
+        used = codebook_stats(tower.codes(), n)["utilization_mean"]
+        assert (used == 1.0) if revive else True
+    if not revive:
+        assert torch.equal(model.item_tower.quantizer.codebooks, item_books)
+        assert "sid_revived_codes" not in model.epoch_metrics()
+    else:
+        assert model.epoch_metrics()["sid_revived_codes"] > 0
 
 
 def test_das_frozen_ids_stop_moving_and_survive_reload(tmp_path):

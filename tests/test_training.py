@@ -393,3 +393,34 @@ def test_refit_of_a_finished_run_equals_refit_in_one_go(tmp_path, tiny_table, mo
     with pytest.raises(ConfigError, match="has not finished"):
         refit_run(plain.root, "other")
     assert not (tmp_path / "runs" / "other").exists()
+
+
+def test_after_epoch_steps_runs_once_after_the_last_step_before_validation(
+    tmp_path, tiny_table, monkeypatch
+):
+    from recsys.models.lightgcn import LightGCN
+
+    events: list[str] = []
+    loss, embeddings = LightGCN.loss, LightGCN.embeddings
+
+    def record(name, fn):
+        def wrapped(self, *args, **kwargs):
+            events.append(name)
+            return fn(self, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(LightGCN, "loss", record("step", loss))
+    monkeypatch.setattr(LightGCN, "embeddings", record("rank", embeddings))
+    monkeypatch.setattr(LightGCN, "after_epoch_steps", record("after", lambda self: None))
+    monkeypatch.setattr(LightGCN, "on_train_epoch_start", record("start", lambda self, epoch: None))
+    cfg = make_config(tmp_path, tiny_table, "hooks")
+    cfg.trainer.max_epochs = 3
+    train_run(cfg)
+    epochs = "".join({"start": "S", "step": "s", "after": "A", "rank": "r"}[e] for e in events)
+    per_epoch = epochs.split("S")[1:]
+    assert len(per_epoch) == 3, epochs
+    for body in per_epoch:  # steps, then the hook once, then validation's ranking
+        steps = len(body) - len(body.lstrip("s"))
+        assert steps > 1 and body[steps:].startswith("Ar"), epochs
+        assert body.count("A") == 1, epochs

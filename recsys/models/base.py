@@ -89,6 +89,11 @@ class Recommender(nn.Module):
         """Called before each training epoch (0-based), e.g. to switch a training phase;
         whatever it changes must live in the state dict so that resuming restores it."""
 
+    def after_epoch_steps(self) -> None:
+        """Called after each epoch's last training step, before that epoch's validation
+        (e.g. to repair state that the ranking will read); state it changes must live in
+        the state dict, as for :meth:`on_train_epoch_start`."""
+
     def epoch_metrics(self) -> dict[str, float]:
         """Scalars logged at the end of each training epoch (e.g. codebook health)."""
         return {}

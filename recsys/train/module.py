@@ -47,6 +47,10 @@ class RecommenderModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.model.on_train_epoch_start(self.current_epoch)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.trainer.is_last_batch:
+            self.model.after_epoch_steps()
+
     def on_train_epoch_end(self) -> None:
         for name, value in self.model.epoch_metrics().items():
             self.log(f"train/{name}", float(value))

@@ -237,6 +237,54 @@ class ResidualQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
+    def revive_unused(self, z: Tensor, rounds: int = 8) -> int:
+        """A dataset-wide dead-code reset: level by level, every code that no row of ``z``
+        (N, d) chooses (argmin, as :meth:`encode`) is re-seeded onto the residual of a row
+        with a large quantisation error at that level, so that the row chooses it from
+        then on. Rows are taken largest error first, at most one per code a round and
+        only from codes that keep at least one other row (moving a code's only row would
+        just kill that code). A re-seeded code may draw other rows too, so this repeats
+        up to ``rounds`` times per level. EMA state and dead-code counters of re-seeded
+        codes restart as in a training-time restart. Returns how many codes were
+        re-seeded (0: every code is used or no row can be spared; nothing changes)."""
+        residual = self._check_input(z).detach().to(self.codebooks.dtype)
+        revived = 0
+        for level in range(self.levels):
+            for _ in range(rounds):
+                book = self.codebooks[level]
+                codes = pairwise_sq_dists(residual, book).argmin(1)
+                counts = torch.bincount(codes, minlength=self.codebook_size).tolist()
+                dead = [k for k, n in enumerate(counts) if n == 0]
+                if not dead:
+                    break
+                errors = (residual - book[codes]).pow(2).sum(1)
+                sources: list[int] = []
+                # one row per code a round: rows of one code are often near-duplicates,
+                # which would split one re-seeded code between them and leave the other dead
+                spared: set[int] = set()
+                for row in torch.argsort(errors, descending=True, stable=True).tolist():
+                    code = int(codes[row])
+                    if counts[code] >= 2 and code not in spared:
+                        spared.add(code)
+                        sources.append(row)
+                        if len(sources) == len(dead):
+                            break
+                if not sources:
+                    break
+                targets = torch.tensor(dead[: len(sources)], device=book.device)
+                src = residual[torch.tensor(sources, device=residual.device)]
+                self.codebooks[level, targets] = src
+                if self.codebook_update == "ema":
+                    mean_count = self.ema_count[level].mean()
+                    self.ema_count[level, targets] = mean_count
+                    self.ema_sum[level, targets] = src * mean_count
+                self.unused_steps[level, targets] = 0
+                revived += len(sources)
+            codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
+            residual = residual - self.codebooks[level][codes]
+        return revived
+
+    @torch.no_grad()
     def set_codebook(self, level: int, vectors: Tensor) -> None:
         """Overwrite the code vectors of one level (K, d), keeping the EMA state coherent."""
         if vectors.shape != (self.codebook_size, self.dim):
@@ -275,23 +323,37 @@ class ResidualQuantizer(nn.Module):
         self.set_codebook(last, book.to(self.codebooks.dtype))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, z: Tensor, *, balanced: bool | None = None) -> QuantizerOutput:
+    def forward(
+        self, z: Tensor, *, balanced: bool | None = None, assign_from: Tensor | None = None
+    ) -> QuantizerOutput:
         """Quantize ``z`` (B, d).
 
         ``balanced``: Sinkhorn assignment at the last level; defaults to
         ``self.training and self.sinkhorn_last_level``.
+
+        ``assign_from`` ``(B, d)``: choose the codes (and feed the EMA update, dead-code
+        restarts and the codebook loss) from these vectors instead of ``z`` — e.g. the
+        dropout-free output of the network that produced ``z``, so that training assigns
+        each row the code that evaluation will; ``z`` still gets the commitment loss and
+        the straight-through gradient. None: from ``z`` itself.
         """
         z = self._check_input(z)
+        if assign_from is not None and assign_from.shape != z.shape:
+            raise ValueError(
+                f"assign_from must have z's shape {tuple(z.shape)}, got {tuple(assign_from.shape)}"
+            )
         if not bool(self.initialized):
             if not self.training:
                 raise RuntimeError(
                     "ResidualQuantizer is not initialised: call "
                     "init_codebooks(z) or run a training-mode forward first"
                 )
-            self.init_codebooks(z)
+            self.init_codebooks(z if assign_from is None else assign_from.detach())
         if balanced is None:
             balanced = self.training and self.sinkhorn_last_level
         residual = z
+        # the residual the codes are chosen from: z's own unless assign_from is given
+        target = None if assign_from is None else assign_from.detach()
         q_sum = torch.zeros_like(z)
         commitment = z.new_zeros(())
         codebook_loss = z.new_zeros(())
@@ -299,8 +361,9 @@ class ResidualQuantizer(nn.Module):
         codewords = torch.zeros_like(z)
         for level in range(self.levels):
             book = self.codebooks[level]
+            chosen_from = (residual if target is None else target).detach()
             with torch.no_grad():
-                dists = pairwise_sq_dists(residual.detach(), book.detach())
+                dists = pairwise_sq_dists(chosen_from, book.detach())
                 if balanced and level == self.levels - 1:
                     c = sinkhorn_assign(dists, self.sinkhorn_epsilon, self.sinkhorn_iters)
                 else:
@@ -308,12 +371,14 @@ class ResidualQuantizer(nn.Module):
             e = F.embedding(c, book)
             commitment = commitment + (residual - e.detach()).pow(2).sum(1).mean()
             if self.codebook_update == "grad":
-                codebook_loss = codebook_loss + (residual.detach() - e).pow(2).sum(1).mean()
-            inputs.append(residual.detach())
+                codebook_loss = codebook_loss + (chosen_from - e).pow(2).sum(1).mean()
+            inputs.append(chosen_from)
             q_sum = q_sum + e.detach()
             codewords = codewords + e
             residual = residual - e.detach()
-            err = residual.detach().pow(2).sum(1)
+            if target is not None:
+                target = target - e.detach()
+            err = (residual if target is None else target).detach().pow(2).sum(1)
             errors.append(err)
             norms.append(err.sqrt().mean())
             codes.append(c)
