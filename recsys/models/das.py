@@ -475,11 +475,7 @@ class SemanticTower(nn.Module):
                 return self.from_codes(self.assign(self.fusion(inputs)))
         z, clean = self.fusion(inputs), None
         if self.codes_from_eval_fusion and self.training and not self.identity:
-            # the codes evaluation will assign: the fusion without its (modality) dropout
-            with torch.no_grad():
-                self.fusion.eval()
-                clean = self.fusion(inputs)
-                self.fusion.train()
+            clean = self.eval_fusion(inputs)  # the codes evaluation will assign
         out = self.quantizer(z, assign_from=clean)
         if self.identity:
             out = dataclasses.replace(out, quantized=out.codewords)
@@ -487,6 +483,16 @@ class SemanticTower(nn.Module):
             extra = sum(emb(out.codes[:, level]) for level, emb in enumerate(self.code_emb))
             out = dataclasses.replace(out, quantized=out.quantized + extra)
         return out
+
+    @torch.no_grad()
+    def eval_fusion(self, inputs: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """``(B, d)``: the fusion without its (modality) dropout, whatever the mode."""
+        was = self.fusion.training
+        self.fusion.eval()
+        try:
+            return self.fusion(inputs)
+        finally:
+            self.fusion.train(was)
 
     @torch.no_grad()
     def assign(self, z: Tensor) -> Tensor:
@@ -557,14 +563,13 @@ class _Tower(SemanticTower):
                 self.register_buffer(f"x{i}", torch.as_tensor(x))
                 self.register_buffer(f"p{i}", torch.as_tensor(present))
 
-    @torch.no_grad()
     def _fused_all(self) -> Tensor:
         """``(N, d)``: the eval-mode fusion of every row (no dropout)."""
-        was = self.training
-        self.eval()
-        z = self.fusion(self.inputs(None))
-        self.train(was)
-        return z
+        return self.eval_fusion(self.inputs(None))
+
+    def revive_unused_codes(self) -> int:
+        """:meth:`ResidualQuantizer.revive_unused` over every row (none once frozen)."""
+        return 0 if bool(self.frozen) else self.quantizer.revive_unused(self._fused_all())
 
     @torch.no_grad()
     def _all_codes(self) -> Tensor:
@@ -758,10 +763,8 @@ class DualAlignedSemanticIDs(Recommender):
     def after_epoch_steps(self) -> None:
         if not self.config.revive_codes:
             return
-        self._revived = 0
-        for tower in (self.item_tower, self.user_tower):
-            if tower is not None and not bool(tower.frozen):
-                self._revived += tower.quantizer.revive_unused(tower._fused_all())
+        towers = (self.item_tower, self.user_tower)
+        self._revived = sum(t.revive_unused_codes() for t in towers if t is not None)
 
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
         """Recompute the user tower's history inputs from these pairs (train + valid when

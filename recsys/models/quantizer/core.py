@@ -250,7 +250,9 @@ class ResidualQuantizer(nn.Module):
         residual = self._check_input(z).detach().to(self.codebooks.dtype)
         revived = 0
         for level in range(self.levels):
+            changed = True  # codes below are stale until a round assigns them
             for _ in range(rounds):
+                changed = False
                 book = self.codebooks[level]
                 codes = pairwise_sq_dists(residual, book).argmin(1)
                 counts = torch.bincount(codes, minlength=self.codebook_size).tolist()
@@ -272,17 +274,24 @@ class ResidualQuantizer(nn.Module):
                 if not sources:
                     break
                 targets = torch.tensor(dead[: len(sources)], device=book.device)
-                src = residual[torch.tensor(sources, device=residual.device)]
-                self.codebooks[level, targets] = src
-                if self.codebook_update == "ema":
-                    mean_count = self.ema_count[level].mean()
-                    self.ema_count[level, targets] = mean_count
-                    self.ema_sum[level, targets] = src * mean_count
-                self.unused_steps[level, targets] = 0
+                self._reseed(level, targets, residual[torch.tensor(sources, device=z.device)])
                 revived += len(sources)
-            codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
+                changed = True
+            if changed:  # the last round re-seeded: assign again
+                codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
             residual = residual - self.codebooks[level][codes]
         return revived
+
+    @torch.no_grad()
+    def _reseed(self, level: int, targets: Tensor, vectors: Tensor) -> None:
+        """Put ``vectors`` (M, d) at codes ``targets`` (M,) of one level, with EMA state at
+        the level's mean count and the dead-code counters restarted."""
+        self.codebooks[level, targets] = vectors
+        if self.codebook_update == "ema":
+            mean_count = self.ema_count[level].mean()
+            self.ema_count[level, targets] = mean_count
+            self.ema_sum[level, targets] = vectors * mean_count
+        self.unused_steps[level, targets] = 0
 
     @torch.no_grad()
     def set_codebook(self, level: int, vectors: Tensor) -> None:
@@ -446,13 +455,7 @@ class ResidualQuantizer(nn.Module):
                 continue
             order = torch.argsort(errors[level], descending=True, stable=True)
             m = min(dead.numel(), order.numel())
-            dead, src = dead[:m], r[order[:m]]
-            self.codebooks[level, dead] = src
-            if self.codebook_update == "ema":
-                mean_count = self.ema_count[level].mean()
-                self.ema_count[level, dead] = mean_count
-                self.ema_sum[level, dead] = src * mean_count
-            steps[dead] = 0
+            self._reseed(level, dead[:m], r[order[:m]])
 
     def _check_input(self, z: Tensor) -> Tensor:
         if z.dim() != 2 or z.shape[1] != self.dim:
