@@ -357,6 +357,56 @@ def test_revive_unused_uses_every_code_on_every_level():
     assert after["collision_rate"] < before["collision_rate"]
 
 
+def test_split_unused_splits_the_most_distorted_code_by_two_means():
+    # level 0: code 0 serves two clusters (A: 3 rows, B: 2 rows), code 1 one far row,
+    # code 2 is dead
+    a = torch.tensor([[0.0, 0.0], [0.2, 0.0], [0.0, 0.2]])
+    b = torch.tensor([[6.0, 0.0], [6.0, 0.2]])
+    x = torch.cat([a, b, torch.tensor([[-50.0, 0.0]])])
+    q = ResidualQuantizer(2, levels=2, codebook_size=3, sinkhorn_last_level=False)
+    q.init_codebooks(x)
+    q.set_codebook(0, torch.tensor([[2.0, 0.0], [-50.0, 0.0], [100.0, 100.0]]))
+    moves = q.split_unused(x)
+    assert moves[0] == (0, 2, 0)  # code 2 took half of code 0, the only distorted code
+    # the larger half (A) keeps code 0; both halves' means, computed by hand
+    assert torch.allclose(q.codebooks[0, 0], torch.tensor([0.2 / 3, 0.2 / 3]))
+    assert torch.allclose(q.codebooks[0, 2], torch.tensor([6.0, 0.1]))
+    assert q.encode(x)[:, 0].tolist() == [0, 0, 0, 2, 2, 1]
+    assert all(level == 1 for level, _, _ in moves[1:])
+
+
+def test_split_unused_first_parts_rows_that_share_a_whole_id():
+    # one level: rows 0 and 1 share code 0 (a collision), row 2 has code 1, code 2 is dead
+    x = torch.tensor([[1.0, 0.0], [1.5, 0.0], [-5.0, 0.0]])
+    q = ResidualQuantizer(2, levels=1, codebook_size=3, sinkhorn_last_level=False)
+    q.init_codebooks(x)
+    q.set_codebook(0, torch.tensor([[1.2, 0.0], [-5.0, 0.0], [100.0, 100.0]]))
+    assert q.split_unused(x) == [(0, 2, 0)]
+    assert torch.equal(q.codebooks[0, 2], x[1])  # pinned on the larger-error row
+    assert q.encode(x)[:, 0].tolist() == [0, 2, 1]
+    assert float(q.ema_count[0, 2]) == pytest.approx(float(q.ema_count[0].mean()), rel=1e-6)
+    books = q.codebooks.clone()
+    assert q.split_unused(x) == [] and torch.equal(q.codebooks, books)  # all used: no-op
+
+
+def test_split_unused_uses_every_code_and_collides_less_than_pinning_rows():
+    z = torch.randn(1000, 8, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for method in ("row", "split"):
+        q = ResidualQuantizer(8, levels=3, codebook_size=32, sinkhorn_last_level=False)
+        q.init_codebooks(z[:40])  # fitted on a corner of the data: many codes left unused
+        if method == "row":
+            assert q.revive_unused(z) > 0
+        else:
+            moves = q.split_unused(z)
+            assert {level for level, _, _ in moves} == {1, 2}  # level 0 is fully used
+        results[method] = codebook_stats(q.encode(z), 32)
+    for level in range(3):
+        assert results["split"][f"utilization_l{level}"] == 1.0
+    # pinning a row zeroes its deeper residuals and herds rows onto the same deeper codes
+    assert results["split"]["collision_rate"] < 0.5 * results["row"]["collision_rate"]
+
+
 def test_sinkhorn_last_level_more_balanced_than_argmin():
     g = torch.Generator().manual_seed(0)
     dense = torch.randn(1600, 1, generator=g) * 0.7  # 80% of the items near code 0

@@ -312,21 +312,32 @@ def test_das_codes_from_eval_fusion_gives_training_the_evaluation_codes(from_eva
         assert torch.equal(train_codes, expected) == from_eval
 
 
-@pytest.mark.parametrize("revive", [False, True])
-def test_das_revive_codes_after_an_epoch_uses_every_code(revive):
+@pytest.mark.parametrize("revive, method", [(False, "row"), (True, "row"), (True, "split")])
+def test_das_revive_codes_after_an_epoch_uses_every_code(revive, method):
     graph, _ = synthetic_content_graph()
     quant = {"levels": 2, "codebook_size": 8, "dead_code_steps": 0, "sinkhorn_last_level": False}
     torch.manual_seed(0)
     config = small_das(
         item_fusion={"hidden_dim": 16, "dropout": 0.5, "modality_dropout": 0.5},
-        item_quantizer=quant, user_quantizer=quant, revive_codes=revive,
+        item_quantizer=quant, user_quantizer=quant, revive_codes=revive, revive_method=method,
     )  # fmt: skip
     model = build_model(config, graph)
     _train(model, graph, steps=30, lr=0.05)
     item_books = model.item_tower.quantizer.codebooks.clone()
     stats = codebook_stats(model.item_tower.codes(), 8)
     assert stats["utilization_mean"] < 1.0  # training left codes unused
-    model.after_epoch_steps()
+    emb_before = [e.weight.detach().clone() for e in model.item_tower.code_emb]
+    edited = model.after_epoch_steps()  # parameters set outside the optimiser
+    if method != "split":  # EMA codebooks are buffers and code embeddings stay put
+        assert edited == {}
+    else:  # a revived code starts from its source code's embedding
+        for level, emb in enumerate(model.item_tower.code_emb):
+            before, after = emb_before[level], emb.weight.detach()
+            assert torch.equal(edited[f"item_tower.code_emb.{level}.weight"], after != before)
+            changed = torch.nonzero((after != before).any(1)).flatten().tolist()
+            assert changed  # (a code a split at level 0 leaves dead is revived too)
+            for code in changed:
+                assert any(torch.equal(after[code], before[s]) for s in range(8) if s != code)
     for tower, n in ((model.item_tower, 8), (model.user_tower, 8)):
         used = codebook_stats(tower.codes(), n)["utilization_mean"]
         assert (used == 1.0) if revive else True

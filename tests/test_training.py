@@ -424,3 +424,40 @@ def test_after_epoch_steps_runs_once_after_the_last_step_before_validation(
         steps = len(body) - len(body.lstrip("s"))
         assert steps > 1 and body[steps:].startswith("Ar"), epochs
         assert body.count("A") == 1, epochs
+
+
+@pytest.mark.parametrize("report", [False, True])
+def test_entries_set_after_the_epoch_reach_validation_under_weight_averaging(
+    tmp_path, tiny_table, monkeypatch, report
+):
+    """An entry a model sets in ``after_epoch_steps`` (a re-seeded code) is what the
+    averaged weights hold at validation when the hook reports it, not a blend."""
+    from recsys.models.lightgcn import LightGCN
+
+    seen: list[float] = []
+    embeddings = LightGCN.embeddings
+
+    def set_entry(self):
+        name, weight = next(iter(self.named_parameters()))
+        with torch.no_grad():
+            weight[0, 0] = 7.0
+        mask = torch.zeros_like(weight, dtype=torch.bool)
+        mask[0, 0] = True
+        return {name: mask} if report else {}
+
+    def rank(self):
+        seen.append(float(next(iter(self.parameters()))[0, 0]))
+        return embeddings(self)
+
+    monkeypatch.setattr(LightGCN, "after_epoch_steps", set_entry)
+    monkeypatch.setattr(LightGCN, "embeddings", rank)
+    cfg = make_config(tmp_path, tiny_table, f"restart-{report}")
+    cfg.trainer.max_epochs = 2
+    cfg.trainer.ema_decay = 0.5
+    train_run(cfg)
+    during_fit = seen[:2]  # one validation ranking per epoch, averaged weights in place
+    assert len(during_fit) == 2
+    if report:
+        assert during_fit == [7.0, 7.0]
+    else:  # the average blends the set value with the averaged history
+        assert all(v != 7.0 for v in during_fit)

@@ -89,10 +89,14 @@ class Recommender(nn.Module):
         """Called before each training epoch (0-based), e.g. to switch a training phase;
         whatever it changes must live in the state dict so that resuming restores it."""
 
-    def after_epoch_steps(self) -> None:
+    def after_epoch_steps(self) -> dict[str, Tensor]:
         """Called after each epoch's last training step, before that epoch's validation
         (e.g. to repair state that the ranking will read); state it changes must live in
-        the state dict, as for :meth:`on_train_epoch_start`."""
+        the state dict, as for :meth:`on_train_epoch_start`. Returns ``{parameter name
+        (as in named_parameters): boolean mask of the entries it set}`` for parameters it
+        changed outside the optimiser, so that weight averaging (``trainer.ema_decay``)
+        restarts those entries from their new values instead of averaging them away."""
+        return {}
 
     def epoch_metrics(self) -> dict[str, float]:
         """Scalars logged at the end of each training epoch (e.g. codebook health)."""

@@ -260,6 +260,14 @@ class DASConfig(TransitionFields):
         " that the IDs evaluated and saved use every code the rows allow; training-time"
         " restarts (dead_code_steps) only see codes unused by the perturbed batch rows",
     )
+    revive_method: Literal["row", "split"] = Field(
+        default="row",
+        description="revive_codes: how a dead code is re-seeded. row: onto one row's residual"
+        " (largest error first), which zeroes that row's deeper residuals; split: it takes"
+        " half of the most distorted live code's rows (2-means on their residuals) and"
+        " starts from that code's code embedding, and at the last level it first parts"
+        " rows that share a whole ID",
+    )
     codes_from_eval_fusion: bool = Field(
         default=False,
         description="semantic_input blocks: while training, choose each entity's codes (and"
@@ -304,6 +312,8 @@ class DASConfig(TransitionFields):
                 "history_leave_target_out needs semantic_combination: concat and a pooled"
                 " history (user_semantic: history or user_history_weight > 0)"
             )
+        if self.revive_method != "row" and not self.revive_codes:
+            raise ValueError("revive_method needs revive_codes: true")
         if self.semantic_combination == "concat" and self.propagate_semantic:
             raise ValueError(
                 "semantic_combination: concat propagates the code embeddings"
@@ -567,9 +577,22 @@ class _Tower(SemanticTower):
         """``(N, d)``: the eval-mode fusion of every row (no dropout)."""
         return self.eval_fusion(self.inputs(None))
 
-    def revive_unused_codes(self) -> int:
-        """:meth:`ResidualQuantizer.revive_unused` over every row (none once frozen)."""
-        return 0 if bool(self.frozen) else self.quantizer.revive_unused(self._fused_all())
+    @torch.no_grad()
+    def revive_unused_codes(self, method: Literal["row", "split"] = "row") -> int:
+        """A dataset-wide dead-code reset over every row (none once frozen) → how many
+        codes were re-seeded. ``row``: :meth:`ResidualQuantizer.revive_unused`; ``split``:
+        :meth:`ResidualQuantizer.split_unused`, each new code's embedding row starting as
+        its source code's, so the rows it takes over keep their code embedding."""
+        if bool(self.frozen):
+            return 0
+        if method == "row":
+            return self.quantizer.revive_unused(self._fused_all())
+        moves = self.quantizer.split_unused(self._fused_all())
+        if self.code_emb is not None:
+            for level, target, source in moves:
+                weight = self.code_emb[level].weight
+                weight[target] = weight[source]
+        return len(moves)
 
     @torch.no_grad()
     def _all_codes(self) -> Tensor:
@@ -760,11 +783,22 @@ class DualAlignedSemanticIDs(Recommender):
             if tower is not None:
                 tower.freeze(refit=self.config.refit_at_freeze)
 
-    def after_epoch_steps(self) -> None:
+    @torch.no_grad()
+    def after_epoch_steps(self) -> dict[str, Tensor]:
         if not self.config.revive_codes:
-            return
-        towers = (self.item_tower, self.user_tower)
-        self._revived = sum(t.revive_unused_codes() for t in towers if t is not None)
+            return {}
+        towers = {"item_tower": self.item_tower, "user_tower": self.user_tower}
+        before = {
+            f"{name}.{p_name}": p.detach().clone()
+            for name, tower in towers.items()
+            if tower is not None
+            for p_name, p in tower.named_parameters()
+        }
+        method = self.config.revive_method
+        self._revived = sum(t.revive_unused_codes(method) for t in towers.values() if t is not None)
+        params = dict(self.named_parameters())
+        edited = {name: params[name].detach() != old for name, old in before.items()}
+        return {name: mask for name, mask in edited.items() if bool(mask.any())}
 
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
         """Recompute the user tower's history inputs from these pairs (train + valid when

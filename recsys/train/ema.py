@@ -44,6 +44,18 @@ class ParameterEMA(Callback):
             self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
 
     @torch.no_grad()
+    def restart_entries(self, pl_module: L.LightningModule, masks: dict[str, Tensor]) -> None:
+        """Set the average of the masked entries ``{parameter name: bool mask}`` to their
+        current raw values: entries the model changed outside the optimiser (a
+        re-seeded code) would otherwise reach validation blended with what they held."""
+        if self.shadow is None or self._swapped:
+            return
+        params = self._params(pl_module)
+        for name, mask in masks.items():
+            shadow = self.shadow[name]
+            shadow.copy_(torch.where(mask, params[name].detach(), shadow))
+
+    @torch.no_grad()
     def _swap(self, pl_module: L.LightningModule) -> None:
         if self.shadow is None:
             return

@@ -9,6 +9,7 @@ import torch
 
 from recsys.eval.ranking import evaluate
 from recsys.models.base import Recommender, dot_scores
+from recsys.train.ema import ParameterEMA
 
 
 class RecommenderModule(L.LightningModule):
@@ -48,8 +49,14 @@ class RecommenderModule(L.LightningModule):
         self.model.on_train_epoch_start(self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.trainer.is_last_batch:
-            self.model.after_epoch_steps()
+        if not self.trainer.is_last_batch:
+            return
+        edited = self.model.after_epoch_steps()
+        if edited:  # weight averaging must not blend re-set entries with their old values
+            masks = {f"model.{name}": mask for name, mask in edited.items()}
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, ParameterEMA):
+                    callback.restart_entries(self, masks)
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.model.epoch_metrics().items():

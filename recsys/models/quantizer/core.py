@@ -283,6 +283,111 @@ class ResidualQuantizer(nn.Module):
         return revived
 
     @torch.no_grad()
+    def split_unused(
+        self, z: Tensor, rounds: int = 8, split_iters: int = 10
+    ) -> list[tuple[int, int, int]]:
+        """A dataset-wide dead-code reset that splits live codes instead of pinning dead
+        ones onto single rows (:meth:`revive_unused`). Level by level, each code that no
+        row of ``z`` (N, d) chooses takes over part of a live code's rows:
+
+        - at the last level, first from a collision: a row that shares its whole ID with
+          another row (largest error first, one row per source code a round) gets the
+          dead code, placed at its residual, so the two IDs come apart;
+        - otherwise (and at every other level) the live code with the largest summed
+          quantisation error over at least two distinct rows is split in two by 2-means
+          on its rows' residuals (``split_iters`` iterations from its mean and its
+          farthest row): one centroid stays with it, the other goes to the dead code.
+          Unlike pinning a code on one row, the moved rows keep non-zero residuals, so
+          deeper levels can still tell them apart.
+
+        Repeats up to ``rounds`` times per level (a new centroid may draw other rows).
+        EMA state and dead-code counters of changed codes restart as in a training-time
+        restart. Returns ``(level, dead code, source code)`` for every code re-seeded,
+        in order, so that tables indexed by the codes (learned code embeddings) can give
+        the new code its source's row; ``[]``: nothing changed."""
+        residual = self._check_input(z).detach().to(self.codebooks.dtype)
+        n_rows = residual.shape[0]
+        prefix = torch.zeros(n_rows, dtype=torch.long, device=residual.device)
+        moves: list[tuple[int, int, int]] = []
+        for level in range(self.levels):
+            last = level == self.levels - 1
+            for _ in range(rounds):
+                book = self.codebooks[level]
+                codes = pairwise_sq_dists(residual, book).argmin(1)
+                counts = torch.bincount(codes, minlength=self.codebook_size)
+                dead = torch.nonzero(counts == 0).flatten().tolist()
+                if not dead:
+                    break
+                errors = (residual - book[codes]).pow(2).sum(1)
+                pairs = []
+                if last:
+                    pairs = self._split_collisions(level, prefix, codes, errors, residual, dead)
+                left = dead[len(pairs) :]
+                if left:
+                    pairs += self._split_largest(level, codes, errors, residual, left, split_iters)
+                if not pairs:
+                    break
+                moves.extend((level, t, s) for t, s in pairs)
+            codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
+            residual = residual - self.codebooks[level][codes]
+            prefix = prefix * self.codebook_size + codes
+        return moves
+
+    def _split_collisions(
+        self,
+        level: int,
+        prefix: Tensor,
+        codes: Tensor,
+        errors: Tensor,
+        residual: Tensor,
+        dead: list[int],
+    ) -> list[tuple[int, int]]:
+        """Pin dead codes onto rows whose whole ID another row has → ``[(dead, source)]``."""
+        full = prefix * self.codebook_size + codes
+        _, group, group_size = torch.unique(full, return_inverse=True, return_counts=True)
+        taken_groups: set[int] = set()
+        sources: dict[int, int] = {}  # source code -> row moved off it
+        for row in torch.argsort(errors, descending=True, stable=True).tolist():
+            g, code = int(group[row]), int(codes[row])
+            if group_size[g] < 2 or g in taken_groups or code in sources or errors[row] <= 0:
+                continue
+            taken_groups.add(g)
+            sources[code] = row
+            if len(sources) == len(dead):
+                break
+        pairs = list(zip(dead, sources, strict=False))
+        for t, s in pairs:
+            target = torch.tensor([t], device=residual.device)
+            self._reseed(level, target, residual[sources[s]][None])
+        return pairs
+
+    def _split_largest(
+        self,
+        level: int,
+        codes: Tensor,
+        errors: Tensor,
+        residual: Tensor,
+        dead: list[int],
+        iters: int,
+    ) -> list[tuple[int, int]]:
+        """Split the most distorted live codes by 2-means, one dead code each →
+        ``[(dead, source)]``."""
+        sse = torch.zeros(self.codebook_size, dtype=errors.dtype, device=errors.device)
+        sse.index_add_(0, codes, errors)
+        pairs = []
+        for s in torch.argsort(sse, descending=True, stable=True).tolist():
+            if len(pairs) == len(dead) or sse[s] <= 0:
+                break
+            rows = residual[codes == s]
+            halves = _two_means(rows, iters)
+            if halves is None:  # identical rows: nothing to split
+                continue
+            t = dead[len(pairs)]
+            self._reseed(level, torch.tensor([s, t], device=rows.device), halves)
+            pairs.append((t, s))
+        return pairs
+
+    @torch.no_grad()
     def _reseed(self, level: int, targets: Tensor, vectors: Tensor) -> None:
         """Put ``vectors`` (M, d) at codes ``targets`` (M,) of one level, with EMA state at
         the level's mean count and the dead-code counters restarted."""
@@ -463,6 +568,25 @@ class ResidualQuantizer(nn.Module):
         if z.shape[0] == 0:
             raise ValueError("cannot quantize an empty batch")
         return z
+
+
+def _two_means(rows: Tensor, iters: int) -> Tensor | None:
+    """2-means of ``rows`` (M, d) from their mean and the row farthest from it →
+    centroids (2, d), the first the larger half's; None when no split leaves both halves
+    non-empty (fewer than two distinct rows)."""
+    mean = rows.mean(0)
+    cent = torch.stack([mean, rows[(rows - mean).pow(2).sum(1).argmax()]])
+    for _ in range(iters):
+        side = pairwise_sq_dists(rows, cent).argmin(1)
+        sizes = torch.bincount(side, minlength=2)
+        if bool((sizes == 0).any()):
+            return None
+        cent = torch.stack([rows[side == 0].mean(0), rows[side == 1].mean(0)])
+    side = pairwise_sq_dists(rows, cent).argmin(1)
+    sizes = torch.bincount(side, minlength=2)
+    if bool((sizes == 0).any()):
+        return None
+    return cent if sizes[0] >= sizes[1] else cent.flip(0)
 
 
 def _subsample(x: Tensor, max_points: int, seed: int) -> Tensor:
