@@ -345,11 +345,14 @@ class ResidualQuantizer(nn.Module):
         """Pin dead codes onto rows whose whole ID another row has → ``[(dead, source)]``."""
         full = prefix * self.codebook_size + codes
         _, group, group_size = torch.unique(full, return_inverse=True, return_counts=True)
+        # candidates: rows of a collision with a non-zero error, largest error first
+        rows = torch.nonzero((group_size[group] >= 2) & (errors > 0)).flatten()
+        rows = rows[torch.argsort(errors[rows], descending=True, stable=True)]
         taken_groups: set[int] = set()
         sources: dict[int, int] = {}  # source code -> row moved off it
-        for row in torch.argsort(errors, descending=True, stable=True).tolist():
+        for row in rows.tolist():
             g, code = int(group[row]), int(codes[row])
-            if group_size[g] < 2 or g in taken_groups or code in sources or errors[row] <= 0:
+            if g in taken_groups or code in sources:
                 continue
             taken_groups.add(g)
             sources[code] = row
