@@ -330,7 +330,8 @@ class ResidualQuantizer(nn.Module):
                 moves.extend((level, t, s) for t, s in pairs)
             codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
             residual = residual - self.codebooks[level][codes]
-            prefix = prefix * self.codebook_size + codes
+            # rows' ID prefixes so far, as compact group numbers (no overflow at depth)
+            prefix = torch.unique(torch.stack([prefix, codes], 1), dim=0, return_inverse=True)[1]
         return moves
 
     def _split_collisions(
@@ -343,8 +344,9 @@ class ResidualQuantizer(nn.Module):
         dead: list[int],
     ) -> list[tuple[int, int]]:
         """Pin dead codes onto rows whose whole ID another row has → ``[(dead, source)]``."""
-        full = prefix * self.codebook_size + codes
-        _, group, group_size = torch.unique(full, return_inverse=True, return_counts=True)
+        _, group, group_size = torch.unique(
+            torch.stack([prefix, codes], 1), dim=0, return_inverse=True, return_counts=True
+        )
         # candidates: rows of a collision with a non-zero error, largest error first
         rows = torch.nonzero((group_size[group] >= 2) & (errors > 0)).flatten()
         rows = rows[torch.argsort(errors[rows], descending=True, stable=True)]
