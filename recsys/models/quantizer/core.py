@@ -581,16 +581,13 @@ def _two_means(rows: Tensor, iters: int) -> Tensor | None:
     non-empty (fewer than two distinct rows)."""
     mean = rows.mean(0)
     cent = torch.stack([mean, rows[(rows - mean).pow(2).sum(1).argmax()]])
-    for _ in range(iters):
+    for step in range(iters + 1):  # iters updates, each after an assignment, and a last one
         side = pairwise_sq_dists(rows, cent).argmin(1)
         sizes = torch.bincount(side, minlength=2)
         if bool((sizes == 0).any()):
             return None
-        cent = torch.stack([rows[side == 0].mean(0), rows[side == 1].mean(0)])
-    side = pairwise_sq_dists(rows, cent).argmin(1)
-    sizes = torch.bincount(side, minlength=2)
-    if bool((sizes == 0).any()):
-        return None
+        if step < iters:
+            cent = torch.stack([rows[side == 0].mean(0), rows[side == 1].mean(0)])
     return cent if sizes[0] >= sizes[1] else cent.flip(0)
 
 
