@@ -21,6 +21,7 @@ through estimate ``z + sg(sum_l e_l - z)``: its gradient w.r.t. ``z`` is the ide
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -247,40 +248,68 @@ class ResidualQuantizer(nn.Module):
         up to ``rounds`` times per level. EMA state and dead-code counters of re-seeded
         codes restart as in a training-time restart. Returns how many codes were
         re-seeded (0: every code is used or no row can be spared; nothing changes)."""
+        return len(self._reset_dead(z, rounds, self._pin_rows))
+
+    def _pin_rows(
+        self,
+        level: int,
+        prefix: Tensor,
+        codes: Tensor,
+        errors: Tensor,
+        residual: Tensor,
+        dead: list[int],
+    ) -> list[tuple[int, int]]:
+        """:meth:`revive_unused`'s round: dead codes onto the largest-error rows of codes
+        that keep another row → ``[(dead, source)]``."""
+        counts = torch.bincount(codes, minlength=self.codebook_size).tolist()
+        sources: list[int] = []
+        # one row per code a round: rows of one code are often near-duplicates,
+        # which would split one re-seeded code between them and leave the other dead
+        spared: set[int] = set()
+        for row in torch.argsort(errors, descending=True, stable=True).tolist():
+            code = int(codes[row])
+            if counts[code] >= 2 and code not in spared:
+                spared.add(code)
+                sources.append(row)
+                if len(sources) == len(dead):
+                    break
+        if not sources:
+            return []
+        targets = dead[: len(sources)]
+        rows = torch.tensor(sources, device=residual.device)
+        self._reseed(level, torch.tensor(targets, device=residual.device), residual[rows])
+        return list(zip(targets, codes[rows].tolist(), strict=True))
+
+    def _reset_dead(
+        self, z: Tensor, rounds: int, choose: Callable[..., list[tuple[int, int]]]
+    ) -> list[tuple[int, int, int]]:
+        """The level-by-level loop of the dataset-wide resets: up to ``rounds`` times per
+        level, while some code of ``z`` (N, d)'s residuals is unused, ``choose(level,
+        prefix, codes, errors, residual, dead)`` re-seeds dead codes and returns
+        ``[(dead, source)]`` (``[]``: nothing more to do at this level). ``prefix``
+        (N,): each row's codes above this level as compact group numbers. Returns
+        ``(level, dead, source)`` for every code re-seeded, in order."""
         residual = self._check_input(z).detach().to(self.codebooks.dtype)
-        revived = 0
+        prefix = torch.zeros(residual.shape[0], dtype=torch.long, device=residual.device)
+        moves: list[tuple[int, int, int]] = []
         for level in range(self.levels):
-            changed = True  # codes below are stale until a round assigns them
             for _ in range(rounds):
-                changed = False
                 book = self.codebooks[level]
                 codes = pairwise_sq_dists(residual, book).argmin(1)
-                counts = torch.bincount(codes, minlength=self.codebook_size).tolist()
-                dead = [k for k, n in enumerate(counts) if n == 0]
+                counts = torch.bincount(codes, minlength=self.codebook_size)
+                dead = torch.nonzero(counts == 0).flatten().tolist()
                 if not dead:
                     break
                 errors = (residual - book[codes]).pow(2).sum(1)
-                sources: list[int] = []
-                # one row per code a round: rows of one code are often near-duplicates,
-                # which would split one re-seeded code between them and leave the other dead
-                spared: set[int] = set()
-                for row in torch.argsort(errors, descending=True, stable=True).tolist():
-                    code = int(codes[row])
-                    if counts[code] >= 2 and code not in spared:
-                        spared.add(code)
-                        sources.append(row)
-                        if len(sources) == len(dead):
-                            break
-                if not sources:
+                pairs = choose(level, prefix, codes, errors, residual, dead)
+                if not pairs:
                     break
-                targets = torch.tensor(dead[: len(sources)], device=book.device)
-                self._reseed(level, targets, residual[torch.tensor(sources, device=z.device)])
-                revived += len(sources)
-                changed = True
-            if changed:  # the last round re-seeded: assign again
-                codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
+                moves.extend((level, t, s) for t, s in pairs)
+            codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
             residual = residual - self.codebooks[level][codes]
-        return revived
+            # rows' ID prefixes so far, as compact group numbers (no overflow at depth)
+            prefix = torch.unique(torch.stack([prefix, codes], 1), dim=0, return_inverse=True)[1]
+        return moves
 
     @torch.no_grad()
     def split_unused(
@@ -305,34 +334,17 @@ class ResidualQuantizer(nn.Module):
         restart. Returns ``(level, dead code, source code)`` for every code re-seeded,
         in order, so that tables indexed by the codes (learned code embeddings) can give
         the new code its source's row; ``[]``: nothing changed."""
-        residual = self._check_input(z).detach().to(self.codebooks.dtype)
-        n_rows = residual.shape[0]
-        prefix = torch.zeros(n_rows, dtype=torch.long, device=residual.device)
-        moves: list[tuple[int, int, int]] = []
-        for level in range(self.levels):
-            last = level == self.levels - 1
-            for _ in range(rounds):
-                book = self.codebooks[level]
-                codes = pairwise_sq_dists(residual, book).argmin(1)
-                counts = torch.bincount(codes, minlength=self.codebook_size)
-                dead = torch.nonzero(counts == 0).flatten().tolist()
-                if not dead:
-                    break
-                errors = (residual - book[codes]).pow(2).sum(1)
-                pairs = []
-                if last:
-                    pairs = self._split_collisions(level, prefix, codes, errors, residual, dead)
-                left = dead[len(pairs) :]
-                if left:
-                    pairs += self._split_largest(level, codes, errors, residual, left, split_iters)
-                if not pairs:
-                    break
-                moves.extend((level, t, s) for t, s in pairs)
-            codes = pairwise_sq_dists(residual, self.codebooks[level]).argmin(1)
-            residual = residual - self.codebooks[level][codes]
-            # rows' ID prefixes so far, as compact group numbers (no overflow at depth)
-            prefix = torch.unique(torch.stack([prefix, codes], 1), dim=0, return_inverse=True)[1]
-        return moves
+
+        def choose(level, prefix, codes, errors, residual, dead):
+            pairs = []
+            if level == self.levels - 1:
+                pairs = self._split_collisions(level, prefix, codes, errors, residual, dead)
+            left = dead[len(pairs) :]
+            if left:
+                pairs += self._split_largest(level, codes, errors, residual, left, split_iters)
+            return pairs
+
+        return self._reset_dead(z, rounds, choose)
 
     def _split_collisions(
         self,
