@@ -197,11 +197,13 @@ def _serve(args: argparse.Namespace) -> None:
 
     from recsys.artifacts import RunFolder
     from recsys.config import apply_overrides, validate
-    from recsys.serve.app import CONFIG_ENV, RUN_ENV, create_app
+    from recsys.serve.app import CONFIG_ENV, RUN_ENV, create_app, limit_blas_threads
     from recsys.serve.config import ServeConfig
 
     base = {"index": args.index, "max_k": args.max_k, "search_threads": args.search_threads}
-    if args.adds_journal:
+    if args.adds_journal == "none":
+        base["adds_journal"] = None
+    elif args.adds_journal:
         base["adds_journal"] = str(Path(args.adds_journal).resolve())
     if args.image_root:
         base["image_root"] = str(Path(args.image_root).resolve())
@@ -211,8 +213,8 @@ def _serve(args: argparse.Namespace) -> None:
     if args.workers > 1:
         if config.adds_journal is None:
             print(
-                "warning: with several workers and no --adds-journal, an added item lives in"
-                " the worker that received it only",
+                "warning: with several workers and --adds-journal none, an added item lives"
+                " in the worker that received it only",
                 file=sys.stderr,
             )
         os.environ[RUN_ENV] = str(run_dir)
@@ -227,6 +229,7 @@ def _serve(args: argparse.Namespace) -> None:
             log_level=args.log_level,
         )
         return
+    limit_blas_threads(config)
     app = create_app(run_dir, config, background=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
@@ -358,11 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--index", default="hnsw", help="RUN/index/<name>.faiss, or a kind to build")
+    p.add_argument(
+        "--index",
+        default="auto",
+        help="RUN/index/<name>.faiss, or a kind to build; auto: flat up to 50k items, else hnsw",
+    )
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-k", type=int, default=100)
     p.add_argument("--search-threads", type=int, default=1, help="FAISS threads per search")
-    p.add_argument("--adds-journal", help="file that persists added items, shared by workers")
+    p.add_argument(
+        "--adds-journal",
+        help="file that persists added items, shared by workers (default:"
+        " RUN/serving/added_items.jsonl; none: in memory only, lost on restart)",
+    )
     p.add_argument("--image-root", help="folder that new items' image paths must lie under")
     p.add_argument("--log-level", default="info")
     _add_set_option(p, "settings", "any ServeConfig setting: --set semantic.enabled=false")

@@ -255,10 +255,22 @@ def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):
         )
 
 
-def test_das_resume_across_the_freeze_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.fixture
+def restore_threads():
+    """Put torch's thread count back after a test that trains with another."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_das_resume_across_the_freeze_equals_uninterrupted(
+    tmp_path, monkeypatch, restore_threads, threads
+):
     """A crash after the IDs were frozen: the resumed run restores them from the
     checkpoint (not by refreezing a tower that moved on) and ends where an uninterrupted
-    run ends."""
+    run ends, with one thread or two (the global random draws after the resume, e.g. the
+    co-occurrence term's neighbours, continue from the checkpoint's generator state)."""
     from conftest import synthetic_interactions, train_table_run
 
     from recsys.train.module import RecommenderModule
@@ -279,7 +291,7 @@ def test_das_resume_across_the_freeze_equals_uninterrupted(tmp_path, monkeypatch
             "user_fusion": {"hidden_dim": 8}, "item_quantizer": quant, "user_quantizer": quant,
         },
         features={"tabular": {"categorical": ["genres"]}},
-        trainer={"max_epochs": 4, "patience": 10, "num_threads": 1, "lr": 0.01},
+        trainer={"max_epochs": 4, "patience": 10, "num_threads": threads, "lr": 0.01},
     )  # fmt: skip
     (tmp_path / "ref").mkdir(), (tmp_path / "crashy").mkdir()
     reference = train_table_run(tmp_path / "ref", **kwargs)

@@ -136,6 +136,42 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypat
         pd.testing.assert_series_equal(got, want, check_exact=False, atol=1e-6)
 
 
+def test_a_resumed_run_reports_the_training_time_of_all_its_parts(
+    tmp_path, tiny_table, monkeypatch
+):
+    """train_seconds of a resumed run counts the seconds trained before the interruption
+    (held by the checkpoint), not only those after the resume. The first part's clock
+    jumps 1000 s, which a resumed part alone cannot reach by chance."""
+    import types
+
+    from recsys.train import runner
+
+    jump = {"seconds": 0.0}
+    real = runner.time.perf_counter
+    monkeypatch.setattr(
+        runner, "time", types.SimpleNamespace(perf_counter=lambda: real() + jump["seconds"])
+    )
+    original = RecommenderModule.on_train_epoch_end
+
+    def slow_then_crash(self):
+        if self.current_epoch == 0:
+            jump["seconds"] += 1000.0  # an epoch 0 that took 1000 s
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self)
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", slow_then_crash, raising=False)
+    with pytest.raises(BaseException):  # noqa: B017 - Lightning may wrap the interrupt
+        train_run(make_config(tmp_path, tiny_table, "crashy"))
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", original, raising=False)
+
+    training = train_run(make_config(tmp_path, tiny_table, "crashy")).metrics()["training"]
+    assert training["resumed"] is True
+    # the resume continues from the checkpoint of epoch 0, saved after its 1000 s
+    assert training["train_seconds"] >= 1000.0
+    assert training["seconds_to_best"] <= training["train_seconds"]
+
+
 def test_a_second_crash_loses_no_curve(tmp_path, tiny_table, monkeypatch):
     import pandas as pd
 

@@ -35,19 +35,34 @@ et al., 2014): items become ``[x, sqrt(M² - |x|²)]`` and queries ``[q, 0]`` wi
 largest item norm, so that L2 nearest neighbours are exactly the inner-product best. It
 helps IVF where a few popular items dominate the top-k lists (ML-100k LightGCN: recall
 0.99 vs 0.77 at nprobe = nlist / 8) and hurts where the lists are spread out (Beauty
-LightGCN: 0.95 vs 0.97 at nlist / 4), so it is off by default.
+LightGCN: 0.95 vs 0.97 at nlist / 4), so IVF leaves it off by default. HNSW turns it on by
+default (``mips_to_l2: null``) neither way, because neither wins everywhere: on MovieLens
+latest-small LightGCN a graph on inner products (not a metric) strands low-norm items and
+deep queries fail (top-20 with seen items excluded, efSearch 2 × fetch: mean recall 0.86,
+355 of 671 users below 0.95; on the reduction 0.9997, none below), while on Beauty LightGCN
+the reduction tops out at recall@10 0.80 (efSearch 1024) where inner products reach 0.96.
+So a calibrated HNSW build (queries given) first tries inner products and, if they miss
+the target, also the reduction, and keeps the better; without queries it uses inner
+products.
 
 **Ids.** FAISS ids are item indices (rows of ``embeddings/items.npy``): every index is an
 ``IndexIDMap2`` over the base index, the catalogue is added with ids ``0..N-1`` and items
 added later get ``N, N+1, ...`` (also for HNSW, whose own ids could not be chosen).
 
-**Excluding seen items.** ``search`` over-fetches: it asks FAISS for ``k + max |exclude|
-+ 1`` hits per query of the batch (times ``rerank_factor``), drops excluded ones and keeps
-the best ``k``. An ``IDSelector`` would avoid the over-fetch but is per query (no batching
-across users with different histories), slows HNSW's graph walk for large exclusion sets
-and is not supported by every GPU index. A list comes back shorter than ``k`` (trailing
-``-1`` ids, ``-inf`` scores) only when the index returned fewer hits than asked (an IVF
-probe that visits fewer than ``k + |exclude|`` items).
+**Excluding seen items.** ``search`` over-fetches: it asks FAISS for ``fetch = k + max
+|exclude| + 1`` hits per query of the batch (times ``rerank_factor``), drops excluded ones
+and keeps the best ``k``. The unseen top-``k`` of a user who has seen ``n`` items lies
+about ``k + n`` deep in the unfiltered ranking, and an approximate index asked for that
+depth with the breadth calibrated for ``k`` finds little of it (a user with 1,700 seen items
+got 2 of the exact top-20). So the breadth grows with the depth asked: HNSW searches with
+``efSearch = max(calibrated, 2 × fetch)``, IVF probes ``nprobe × fetch / (k × rerank + 1)``
+lists (at most all), and a query deeper than ``exact_depth`` (5%) of the catalogue is
+scored exactly against every item, which is then no dearer than the graph walk. An
+``IDSelector`` would avoid the over-fetch but is per query (no batching across users with
+different histories), is not supported by every GPU index, and needs the same breadth to
+reach the same items (measured: identical recall at equal efSearch). A list comes back
+shorter than ``k`` (trailing ``-1`` ids, ``-inf`` scores) only when the index returned fewer
+hits than asked (an IVF probe that visits fewer than ``k + |exclude|`` items).
 
 **GPU.** With ``faiss.get_num_gpus() > 0`` (a faiss-gpu build) and ``gpu: true``, searches
 run on ``index_cpu_to_all_gpus`` of the CPU index; HNSW stays on the CPU. The CPU index
@@ -61,150 +76,46 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
-from pydantic import Field, model_validator
 
 from recsys.artifacts import RunFolder
-from recsys.config import StrictModel
+from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.errors import ArtifactError, ConfigError, RecsysError
+from recsys.index.candidates import (
+    _as_matrix,
+    _dedupe_rows,
+    _drop,
+    _exact_topk,
+    _pad,
+    _prepare_items,
+    _prepare_queries,
+)
 from recsys.index.fingerprint import run_fingerprint
+from recsys.index.spec import (  # noqa: F401 (re-exported: the index's public names)
+    INDEX_FORMAT_VERSION,
+    IndexConfig,
+    IndexKind,
+    IndexMeta,
+    _calibrated_recall,
+    ladder,
+    resolve,
+)
 from recsys.io import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT_VERSION = 1
-IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq", "factory"]
 # Rows of (queries x candidates x dim) floats rescored at once: bounds rescoring memory.
 _RESCORE_FLOATS = 1 << 24
+# A query that must reach deeper than this fraction of the catalogue is scored exactly.
+EXACT_DEPTH = 0.05
+# Serving's "auto" index: exact up to this many items (a scan costs about a graph walk).
+AUTO_EXACT_ITEMS = 50_000
+# HNSW's beam for a query ``fetch`` hits deep: wide enough to find them (see the module doc).
+_EF_PER_FETCH = 2
 
-
-class IndexConfig(StrictModel):
-    """What to build. ``None`` fields are scaled to the catalogue (see the module doc)."""
-
-    kind: IndexKind = "hnsw"
-    factory: str | None = None  # kind "factory": a FAISS factory string, e.g. "OPQ16,IVF256,PQ16"
-    name: str | None = None  # file stem under RUN/index/ (default: the kind)
-    nlist: int | None = Field(None, ge=1)
-    nprobe: int | None = Field(None, ge=1)
-    hnsw_m: int = Field(32, ge=4, le=256)
-    ef_construction: int = Field(64, ge=8)
-    ef_search: int | None = Field(None, ge=1)
-    pq_m: int | None = Field(None, ge=1)
-    pq_bits: int | None = Field(None, ge=1, le=16)
-    mips_to_l2: bool = False
-    rerank_factor: int | None = Field(None, ge=1, le=64)  # over-fetch x, default 4 for ivfpq
-    gpu: bool = True  # use GPUs when faiss has them (HNSW: never)
-    target_recall: float | None = Field(0.96, gt=0, le=1)  # calibrate unset search params
-    calibration_queries: int = Field(2000, ge=10)  # users sampled for the calibration
-
-    @model_validator(mode="after")
-    def _factory_iff_kind(self) -> IndexConfig:
-        if (self.kind == "factory") != (self.factory is not None):
-            raise ValueError("set factory=... exactly when kind is 'factory'")
-        return self
-
-    @property
-    def stem(self) -> str:
-        return self.name or self.kind
-
-
-class IndexMeta(StrictModel):
-    """The JSON written next to ``RUN/index/<name>.faiss``."""
-
-    format_version: int = INDEX_FORMAT_VERSION
-    name: str
-    kind: str
-    factory: str
-    metric: Literal["inner_product"] = "inner_product"
-    mips_to_l2: bool
-    max_norm: float | None  # M of the MIPS reduction
-    dim: int  # item embedding dimension
-    index_dim: int  # dimension FAISS sees (dim + 1 + padding with mips_to_l2)
-    n_items: int
-    params: dict[str, int]  # search/build parameters: nprobe, efSearch, efConstruction
-    calibration: dict[str, Any] | None = None  # how the search parameter was chosen
-    rerank_factor: int
-    build_seconds: float
-    index_bytes: int
-    run_fingerprint: str
-    faiss_version: str
-    created: str
-
-
-def ladder(low: int, high: int) -> list[int]:
-    """Calibration rungs from ``low`` to ``high``, about x1.4 apart: 1, 2, 3, 4, 6, 8, 11 .."""
-    out = [low]
-    while out[-1] < high:
-        out.append(min(high, max(out[-1] + 1, round(out[-1] * 1.4))))
-    return out
-
-
-def _scaled_nlist(n: int) -> int:
-    """≈ √N lists, each with ≥ 39 items (FAISS' minimum training points per centroid)."""
-    return int(max(1, min(round(math.sqrt(n)), n // 39)))
-
-
-def resolve(config: IndexConfig, n_items: int, dim: int) -> dict[str, Any]:
-    """The factory string and parameters ``config`` means for ``n_items`` of ``dim``."""
-    if n_items < 1:
-        raise RecsysError("cannot index an empty catalogue")
-    kind = config.kind
-    mips = config.mips_to_l2
-    index_dim = dim + 1 if mips else dim
-    params: dict[str, int] = {}
-    tunable: tuple[str, list[int]] | None = None  # a search parameter left to calibration
-    rerank = config.rerank_factor or (4 if kind == "ivfpq" else 1)
-    if kind == "flat":
-        factory = "Flat"
-    elif kind == "hnsw":
-        factory = f"HNSW{config.hnsw_m}"
-        params = {"efConstruction": config.ef_construction, "efSearch": config.ef_search or 128}
-        if config.ef_search is None:
-            tunable = ("efSearch", ladder(16, 1024))
-    elif kind in ("ivf", "ivfpq"):
-        nlist = config.nlist or _scaled_nlist(n_items)
-        if nlist > n_items:
-            raise ConfigError(f"nlist {nlist} exceeds the {n_items} items to cluster")
-        params = {"nprobe": min(nlist, config.nprobe or max(1, math.ceil(nlist / 4)))}
-        if config.nprobe is None:
-            tunable = ("nprobe", ladder(max(1, nlist // 64), nlist))
-        if kind == "ivf":
-            factory = f"IVF{nlist},Flat"
-        else:
-            m = config.pq_m or max(1, math.ceil(index_dim / 4))
-            index_dim = math.ceil(index_dim / m) * m  # zero padding: PQ needs m | dim
-            # 2^bits centroids per sub-quantiser want >= 39 training points each.
-            bits = config.pq_bits or int(min(8, max(4, math.floor(math.log2(n_items / 39)))))
-            if 2**bits > n_items:
-                raise ConfigError(f"pq_bits {bits} needs >= {2**bits} items, have {n_items}")
-            factory = f"IVF{nlist},PQ{m}x{bits}"
-    else:
-        factory = str(config.factory)
-        if config.nprobe is not None:
-            params["nprobe"] = config.nprobe
-        if config.ef_search is not None:
-            params["efSearch"] = config.ef_search
-    return {
-        "factory": factory,
-        "mips_to_l2": mips,
-        "index_dim": index_dim,
-        "params": params,
-        "rerank_factor": rerank,
-        "tunable": tunable,
-    }
-
-
-def _as_matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise RecsysError(f"{what} must have shape (N, {dim}), got {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise RecsysError(f"{what} contain NaN or infinite values")
-    return x
 
 
 def _set_params(index: faiss.Index, params: dict[str, int], on_gpu: bool) -> None:
@@ -245,12 +156,29 @@ class ItemIndex:
         config: IndexConfig | None = None,
         fingerprint: str = "",
         queries: np.ndarray | None = None,
+        exclude: list[np.ndarray] | None = None,
     ) -> ItemIndex:
         """Index ``items`` ``(N, D)``; FAISS id ``i`` is row ``i``.
 
         ``queries`` ``(Q, D)`` (user vectors) calibrate the search parameter the config
-        leaves unset to ``config.target_recall`` (see the module doc)."""
+        leaves unset to ``config.target_recall`` (see the module doc); ``exclude`` lists
+        each query's seen items, left out as serving leaves them out."""
         config = config or IndexConfig()
+        calibrated = queries is not None and config.target_recall is not None
+        if config.mips_to_l2 is None and config.kind == "hnsw" and calibrated:
+            ip = cls.build(
+                items, config.model_copy(update={"mips_to_l2": False}), fingerprint, queries,
+                exclude,
+            )  # fmt: skip
+            ip_recall = _calibrated_recall(ip.meta)
+            if ip_recall is None or ip_recall >= config.target_recall:
+                return ip
+            l2 = cls.build(
+                items, config.model_copy(update={"mips_to_l2": True}), fingerprint, queries,
+                exclude,
+            )  # fmt: skip
+            l2_recall = _calibrated_recall(l2.meta)
+            return l2 if l2_recall is not None and l2_recall > ip_recall else ip
         items = np.asarray(items)
         if items.ndim != 2:
             raise RecsysError(f"items must be a 2-D (N, D) array, got shape {items.shape}")
@@ -291,37 +219,54 @@ class ItemIndex:
         meta.build_seconds = round(time.perf_counter() - start, 4)
         meta.index_bytes = int(faiss.serialize_index(index).nbytes)
         out = cls(index, items, meta, use_gpu=config.gpu)
-        if queries is not None and config.target_recall is not None and spec["tunable"]:
-            out.calibrate(queries, *spec["tunable"], target=config.target_recall)
+        if calibrated and spec["tunable"]:
+            out.calibrate(queries, *spec["tunable"], target=config.target_recall, exclude=exclude)
         return out
 
     def calibrate(
-        self, queries: np.ndarray, name: str, ladder: list[int], target: float, k: int = 10
+        self,
+        queries: np.ndarray,
+        name: str,
+        rungs: list[int],
+        target: float,
+        k: int = 10,
+        exclude: list[np.ndarray] | None = None,
     ) -> dict[str, Any]:
-        """Set search parameter ``name`` to the first ``ladder`` value whose recall@k
+        """Set search parameter ``name`` to the first of ``rungs`` whose recall@k
         against exact search over ``queries`` ``(Q, D)`` reaches ``target`` (else the last
-        value); record it in ``meta.params`` and ``meta.calibration``."""
+        value), both as they are and, given ``exclude``, with each query's list left out as
+        serving leaves seen items out (the lower of the two counts); record it in
+        ``meta.params`` and ``meta.calibration``."""
         start = time.perf_counter()
         q = _as_matrix(queries, self.dim, "calibration queries")
-        truth = _exact_topk(q, self.vectors, k)
+        tasks: list[tuple[list[np.ndarray] | None, list[set[int]]]] = [
+            (None, _exact_topk(q, self.vectors, k))
+        ]
+        if exclude is not None:  # the served task too: both must reach the target
+            exact, _ = self._exact_topk_excluding(q, k, exclude)
+            tasks.append((exclude, [set(row[row >= 0].tolist()) or {-1} for row in exact]))
         recall = float("nan")
-        for value in ladder:
+        for value in rungs:
             self.meta.params[name] = value
             _set_params(self.search_index, {name: value}, self.on_gpu)
-            ids, _ = self.search(q, k)
-            hits = [len(set(a.tolist()) & b) / len(b) for a, b in zip(ids, truth, strict=True)]
-            recall = float(np.mean(hits))
+            recalls = []
+            for ex, truth in tasks:
+                ids, _ = self.search(q, k, exclude=ex)
+                hits = [len(set(a.tolist()) & b) / len(b) for a, b in zip(ids, truth, strict=True)]
+                recalls.append(np.mean(hits))
+            recall = float(min(recalls))
             if recall >= target:
                 break
         else:
             log.warning("%s: recall@%d %.3f < %.3f at %s=%s", self.meta.name, k, recall, target,
-                        name, ladder[-1])  # fmt: skip
+                        name, rungs[-1])  # fmt: skip
         self.meta.calibration = {
             "param": name,
             "value": self.meta.params[name],
             f"recall@{k}": round(recall, 4),
             "target": target,
             "queries": len(q),
+            "seen_excluded": exclude is not None,
             "seconds": round(time.perf_counter() - start, 3),
         }
         return self.meta.calibration
@@ -386,23 +331,37 @@ class ItemIndex:
                 raise RecsysError(f"{name} has {len(lists)} lists for {b} queries")
         if b == 0:
             return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
-        n_ex = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        # One hit more than needed: when it ties with the k-th result, items tied with it
-        # may lie beyond the fetched ones (FAISS cuts ties arbitrarily), so fetch more.
-        fetch = min(self.ntotal, (k + n_ex) * self.meta.rerank_factor + 1)
+        n_ex = np.zeros(b, dtype=np.int64)
+        if exclude is not None:
+            n_ex = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=b)
         ids = np.full((b, k), -1, dtype=np.int64)
         scores = np.full((b, k), -np.inf, dtype=np.float32)
-        rows = np.arange(b)
+        deep = k + n_ex + 1 > EXACT_DEPTH * self.ntotal
+        if deep.any():  # exactly: cheaper than a beam that deep, and never misses
+            rows = np.flatnonzero(deep)
+            ids[rows], scores[rows] = self._exact_topk_excluding(
+                q[rows], k, None if exclude is None else [exclude[r] for r in rows]
+            )
+        rows = np.flatnonzero(~deep)
+        if not len(rows):
+            return ids, scores
+        depth = k + int(n_ex[rows].max())
+        # One hit more than needed: when it ties with the k-th result, items tied with it
+        # may lie beyond the fetched ones (FAISS cuts ties arbitrarily), so fetch more.
+        fetch = min(self.ntotal, depth * self.meta.rerank_factor + 1)
         while len(rows):
-            _, hits = self.search_index.search(_prepare_queries(q[rows], self.meta), fetch)
+            params = self._breadth(fetch, k)
+            _, hits = self.search_index.search(
+                _prepare_queries(q[rows], self.meta), fetch, params=params
+            )
             cand = hits
             if extra is not None:
                 more = [extra[r] for r in rows]
                 if any(len(e) for e in more):
                     cand = np.concatenate([cand, _pad(more)], axis=1)
             cand = _dedupe_rows(cand)
-            if n_ex:
-                cand = _drop(cand, [exclude[r] for r in rows], self.ntotal)  # type: ignore[index]
+            if exclude is not None and n_ex[rows].any():
+                cand = _drop(cand, [exclude[r] for r in rows], self.ntotal)
             ids[rows], scores[rows] = self._rescore_topk(q[rows], cand, k)
             if fetch >= self.ntotal:
                 break
@@ -412,6 +371,49 @@ class ItemIndex:
             tied = last_score == scores[rows[full], -1]
             rows = rows[full][tied]
             fetch = min(self.ntotal, 2 * fetch)
+        return ids, scores
+
+    def _breadth(self, fetch: int, k: int) -> faiss.SearchParameters | None:
+        """Per-call search parameters wide enough to reach ``fetch`` hits deep (CPU HNSW
+        and IVF; other indexes search with their set parameters)."""
+        if self.on_gpu:
+            return None
+        params, factory = self.meta.params, self.meta.factory
+        if "efSearch" in params and factory.startswith("HNSW"):
+            return faiss.SearchParametersHNSW(
+                efSearch=max(params["efSearch"], _EF_PER_FETCH * fetch)
+            )
+        if "nprobe" in params and factory.startswith("IVF"):
+            nlist = faiss.extract_index_ivf(self.cpu_index).nlist
+            base = k * self.meta.rerank_factor + 1  # the depth nprobe was calibrated for
+            nprobe = math.ceil(params["nprobe"] * max(1.0, fetch / base))
+            return faiss.SearchParametersIVF(nprobe=min(nlist, nprobe))
+        return None
+
+    def _exact_topk_excluding(
+        self, q: np.ndarray, k: int, exclude: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of ``q (B, D)`` over every item, ``exclude[b]`` left out; order
+        as :meth:`search` (score descending, then id ascending)."""
+        b, n = len(q), self.ntotal
+        ids = np.full((b, k), -1, dtype=np.int64)
+        scores = np.full((b, k), -np.inf, dtype=np.float32)
+        step = max(1, _RESCORE_FLOATS // max(1, n))
+        for s in range(0, b, step):
+            sc = q[s : s + step] @ self.vectors.T  # (step, N)
+            if exclude is not None:
+                for r, ex in enumerate(exclude[s : s + step]):
+                    ex = np.asarray(ex, dtype=np.int64).ravel()
+                    sc[r, ex[(ex >= 0) & (ex < n)]] = -np.inf
+            kk = min(k, n)
+            # Everything tied with the k-th score competes, then lower ids win (lexsort).
+            kth = -np.partition(-sc, kk - 1, axis=1)[:, kk - 1 : kk]
+            for r in range(len(sc)):
+                cand = np.flatnonzero(sc[r] >= kth[r])
+                order = np.lexsort((cand, -sc[r, cand]))[:kk]
+                top, top_sc = cand[order], sc[r, cand[order]]
+                top[~np.isfinite(top_sc)] = -1
+                ids[s + r, : len(top)], scores[s + r, : len(top)] = top, top_sc
         return ids, scores
 
     def _rescore_topk(self, q: np.ndarray, cand: np.ndarray, k: int):
@@ -514,19 +516,25 @@ def index_path(run: RunFolder, name: str) -> Path:
 
 
 def build_for_run(run: RunFolder, config: IndexConfig) -> ItemIndex:
-    """Build over ``embeddings/items.npy``, calibrating on a seeded sample of the users."""
+    """Build over ``embeddings/items.npy``, calibrating on a seeded sample of the users,
+    each with the items they interacted with (every split) excluded, as served."""
     users, items = run.embeddings()
     rng = np.random.default_rng(0)
     n = min(len(users), config.calibration_queries)
-    queries = users[np.sort(rng.choice(len(users), size=n, replace=False))]
-    return ItemIndex.build(items, config, run_fingerprint(run), queries)
+    sample = np.sort(rng.choice(len(users), size=n, replace=False))
+    seen = run.matrix(TRAIN, VALID, TEST)
+    exclude = [seen.indices[seen.indptr[u] : seen.indptr[u + 1]].astype(np.int64) for u in sample]
+    return ItemIndex.build(items, config, run_fingerprint(run), users[sample], exclude)
 
 
 def load_or_build(
     run: RunFolder, name: str, params: dict[str, int] | None = None, use_gpu: bool = True
 ) -> ItemIndex:
     """The saved ``RUN/index/<name>.faiss``; else, when ``name`` is a kind, a fresh build
-    with default parameters (calibrated, not saved). Serving uses this."""
+    with default parameters (calibrated, not saved). ``auto`` is ``flat`` (exact) up to
+    ``AUTO_EXACT_ITEMS`` items and ``hnsw`` above. Serving uses this."""
+    if name == "auto":
+        name = "flat" if len(run.embeddings()[1]) <= AUTO_EXACT_ITEMS else "hnsw"
     if index_path(run, name).exists():
         return ItemIndex.load(run, name, params, use_gpu)
     if name not in ("flat", "ivf", "hnsw", "ivfpq"):
@@ -537,67 +545,3 @@ def load_or_build(
         index.meta.params = {**index.meta.params, **params}
         _set_params(index.search_index, index.meta.params, index.on_gpu)
     return index
-
-
-# helpers ----------------------------------------------------------------------------------
-def _exact_topk(q: np.ndarray, items: np.ndarray, k: int, batch: int = 512) -> list[set[int]]:
-    """Brute-force top-``k`` id sets of ``q (B, D) @ items.T`` (ties: any of them)."""
-    k = min(k, len(items))
-    out: list[set[int]] = []
-    for s in range(0, len(q), batch):
-        scores = q[s : s + batch] @ items.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        out.extend(set(row.tolist()) for row in top)
-    return out
-
-
-def _prepare_items(x: np.ndarray, meta: IndexMeta) -> np.ndarray:
-    """Items as FAISS sees them: ``[x, sqrt(M² - |x|²), 0...]`` under the MIPS reduction."""
-    if not meta.mips_to_l2:
-        return x
-    out = np.zeros((len(x), meta.index_dim), dtype=np.float32)
-    out[:, : meta.dim] = x
-    sq = np.float64(meta.max_norm) ** 2 - np.einsum("nd,nd->n", x, x, dtype=np.float64)
-    out[:, meta.dim] = np.sqrt(np.maximum(sq, 0.0))
-    return out
-
-
-def _prepare_queries(q: np.ndarray, meta: IndexMeta) -> np.ndarray:
-    if not meta.mips_to_l2:
-        return q
-    out = np.zeros((len(q), meta.index_dim), dtype=np.float32)
-    out[:, : meta.dim] = q
-    return out
-
-
-def _pad(lists: list[np.ndarray]) -> np.ndarray:
-    width = max(len(x) for x in lists)
-    out = np.full((len(lists), width), -1, dtype=np.int64)
-    for row, x in enumerate(lists):
-        out[row, : len(x)] = x
-    return out
-
-
-def _dedupe_rows(cand: np.ndarray) -> np.ndarray:
-    """Sort each row and blank (``-1``) repeated ids."""
-    cand = np.sort(cand, axis=1)
-    dup = np.zeros_like(cand, dtype=bool)
-    dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
-    cand[dup] = -1
-    return cand
-
-
-def _drop(cand: np.ndarray, exclude: list[np.ndarray], ntotal: int) -> np.ndarray:
-    """Blank the ids of ``cand`` ``(B, C)`` that row ``b``'s ``exclude[b]`` lists."""
-    lens = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=len(exclude))
-    ex = np.concatenate([np.asarray(e, dtype=np.int64).ravel() for e in exclude])
-    rows = np.repeat(np.arange(len(exclude), dtype=np.int64), lens)
-    ok = (ex >= 0) & (ex < ntotal)  # out-of-range ids exclude nothing (and must not alias)
-    rows, ex = rows[ok], ex[ok]
-    stride = ntotal + 1
-    keys = rows * stride + ex
-    cand_keys = np.arange(len(cand), dtype=np.int64)[:, None] * stride + cand
-    hit = np.isin(cand_keys, keys) & (cand >= 0)
-    cand = cand.copy()
-    cand[hit] = -1
-    return cand

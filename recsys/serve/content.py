@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -77,6 +78,28 @@ def load_item_encoder(run: RunFolder) -> ItemContentEncoder | None:
             " name the module that registers it under 'module'"
         )
     return _LOADERS[kind](folder)
+
+
+def content_fields(run: RunFolder) -> tuple[list[str], list[str]]:
+    """``(text fields, tabular fields)`` that the run's encoder reads, from
+    ``item_encoder/features.json`` (its frozen-feature config); empty without one.
+    A field both the text template and the tabular features read is listed as text."""
+    path = encoder_dir(run) / "features.json"
+    try:
+        spec = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return [], []
+    text: list[str] = []
+    template = (spec.get("text") or {}).get("template", "{title}")
+    try:
+        text = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    except ValueError:
+        pass  # the encoder reports its own template error
+    tab = spec.get("tabular") or {}
+    columns = [*tab.get("categorical", []), *tab.get("multi_valued", []), *tab.get("numeric", [])]
+    columns += [*tab.get("log_numeric", []), *tab.get("dates", {})]
+    tabular = [c for c in dict.fromkeys(columns) if c not in text]
+    return list(dict.fromkeys(text)), tabular
 
 
 def content_frame(items: list[ItemContent]) -> pd.DataFrame:

@@ -8,13 +8,16 @@ Locking (``fcntl.flock`` on the file): an adder takes the exclusive lock, first 
 the lines other workers appended (so every worker assigns the same FAISS ids, in journal
 order), then appends its line, flushes and fsyncs. Readers catch up under the shared lock.
 A line without its newline (a writer killed mid-write) is ignored and cut off by the next
-adder.
+adder. A complete line that is not a valid record (a disk error, a hand edit, a foreign
+writer) is skipped with a warning and counted in ``skipped``: it costs that one item, never
+a request. A bad header still refuses the file, which may belong to something else.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +28,8 @@ from typing import IO
 import numpy as np
 
 from recsys.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 KIND = "recsys-added-items"
 VERSION = 1
@@ -53,6 +58,7 @@ class AddJournal:
         self.fingerprint = fingerprint
         self.dim = dim
         self.offset = 0  # bytes consumed (complete lines only)
+        self.skipped = 0  # complete lines that were not valid records
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.locked(exclusive=True) as fh:
             assert fh is not None
@@ -93,16 +99,20 @@ class AddJournal:
         fh.seek(self.offset)
         data = fh.read()
         end = data.rfind(b"\n") + 1  # ignore a trailing partial line
-        out = []
-        for n, line in enumerate(data[:end].splitlines()):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ArtifactError(f"{self.path}: corrupt line: {err}") from None
+        out, at = [], self.offset
+        for n, line in enumerate(data[:end].split(b"\n")[:-1]):
+            start, at = at, at + len(line) + 1
             if self.offset == 0 and n == 0:
-                self._check_header(obj)
-            else:
-                out.append(self._record(obj))
+                try:
+                    self._check_header(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ArtifactError(f"{self.path}: corrupt header line: {err}") from None
+                continue
+            try:
+                out.append(self._record(json.loads(line)))
+            except (json.JSONDecodeError, UnicodeDecodeError, ArtifactError) as err:
+                self.skipped += 1
+                log.warning("%s: skipped a corrupt line at byte %d: %s", self.path, start, err)
         self.offset += end
         return out
 
@@ -128,13 +138,36 @@ class AddJournal:
                 f" {obj.get('dim')}; this run: {self.fingerprint}, dim {self.dim})"
             )
 
-    def _record(self, obj: dict) -> AddRecord:
+    def _record(self, obj: object) -> AddRecord:
         try:
+            assert isinstance(obj, dict), "not an object"
+            item_id, sid = obj["item_id"], obj.get("semantic_id")
+            assert isinstance(item_id, str) and item_id, "item_id must be a non-empty string"
             vector = np.asarray(obj["vector"], dtype=np.float32)
-            sid = obj.get("semantic_id")
-            record = AddRecord(str(obj["item_id"]), vector, None if sid is None else tuple(sid))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ArtifactError(f"{self.path}: bad record: {err}") from None
-        if vector.shape != (self.dim,):
-            raise ArtifactError(f"{self.path}: item {record.item_id!r} has a {vector.shape} vector")
-        return record
+            if sid is not None:
+                sid = tuple(int(c) for c in sid)
+        except (AssertionError, KeyError, TypeError, ValueError, OverflowError) as err:
+            raise ArtifactError(f"bad record: {err}") from None
+        if vector.shape != (self.dim,) or not np.isfinite(vector).all():
+            raise ArtifactError(f"item {item_id!r} has a {vector.shape} or non-finite vector")
+        return AddRecord(item_id, vector, sid)
+
+
+def stale_journal_run(path: Path, fingerprint: str, dim: int) -> str | None:
+    """The fingerprint a journal's header names when it is not this run's (``""`` for an
+    unreadable header); None when the journal is this run's, or absent or empty."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+    except FileNotFoundError:
+        return None
+    if b"\n" not in first:
+        return None  # empty, or a header cut short: AddJournal rewrites it
+    try:
+        header = json.loads(first)
+        assert isinstance(header, dict) and header.get("kind") == KIND
+    except (json.JSONDecodeError, UnicodeDecodeError, AssertionError):
+        return ""
+    if header.get("run") == fingerprint and header.get("dim") == dim:
+        return None
+    return str(header.get("run") or "")

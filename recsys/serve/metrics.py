@@ -56,6 +56,13 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        self.journal_skipped = Gauge(
+            "recsys_journal_skipped_lines",
+            "corrupt lines of the adds journal skipped (as of the last /readyz)",
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+
     def expose(self) -> tuple[bytes, str]:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             from prometheus_client import multiprocess

@@ -9,12 +9,15 @@ serialised, and each costs a copy of the index (O(catalogue)): fine for occasion
 not for bulk loading (rebuild the index from a new run for that). An add that fails at
 any step publishes nothing: the previous snapshot stays.
 
-**Several workers.** Each uvicorn worker is a process that loads the run folder itself.
-Without a journal, an item added through one worker lives in that worker only, and is
-lost on restart. With ``adds_journal`` (``recsys serve --adds-journal FILE``) adds are
-appended to that file (see ``recsys.serve.journal``); every worker replays new lines
-before serving a request, so an add is visible to the next request on any worker, and
-survives restarts.
+**Durable adds, several workers.** Added items are appended to a journal (see
+``recsys.serve.journal``), by default ``RUN/serving/added_items.jsonl`` (``adds_journal``
+/ ``recsys serve --adds-journal FILE`` puts it elsewhere; ``none`` keeps adds in memory, lost
+on restart). It is replayed at start, and each uvicorn worker (a process that loads the
+run folder itself) replays new lines before serving a request, so an add is visible to
+the next request on any worker and survives restarts. A default journal written for an
+earlier training of the same run folder is moved aside (its vectors belong to the old
+model); a corrupt line is skipped with a warning, counted in ``/readyz`` and in the
+``recsys_journal_skipped_lines`` metric, and never fails a request.
 
 **Known users** are scored with their trained vector and never get an item they
 interacted with (all labels: train, valid and test). **Anonymous users** are the mean of
@@ -33,6 +36,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import scipy.sparse as sp
+from filelock import FileLock
 
 from recsys.artifacts import RunFolder
 from recsys.data.idmap import IdMap
@@ -44,7 +48,7 @@ from recsys.index.semantic import SemanticIds
 from recsys.serve.config import ServeConfig
 from recsys.serve.content import ItemContentEncoder, content_frame, load_item_encoder
 from recsys.serve.history import HistoryQuery
-from recsys.serve.journal import AddJournal, AddRecord
+from recsys.serve.journal import AddJournal, AddRecord, stale_journal_run
 from recsys.serve.schemas import ItemContent
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,11 @@ class UnknownIdError(RecsysError):
 
 
 class InvalidInputError(RecsysError):
-    """422: input the server understood but cannot use."""
+    """422: input the server understood but cannot use; ``loc`` names the field."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...] = ("body",)) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class TooLargeError(RecsysError):
@@ -152,8 +160,14 @@ class ServingState:
         self.history_query = HistoryQuery.load(run, snapshot.index.vectors.shape[1])
         self._write_lock = threading.Lock()
         self.journal: AddJournal | None = None
-        if config.adds_journal:
-            self.journal = AddJournal(config.adds_journal, run_fingerprint(run), snapshot.index.dim)
+        path = journal_path(run, config)
+        if path is not None:
+            fingerprint, dim = run_fingerprint(run), snapshot.index.dim
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock"):  # workers starting together set aside once
+                if config.adds_journal == "auto":
+                    set_aside_stale_journal(path, fingerprint, dim)
+                self.journal = AddJournal(path, fingerprint, dim)
             self.sync(blocking=True)
 
     @classmethod
@@ -182,7 +196,13 @@ class ServingState:
     # reads ----------------------------------------------------------------------------
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.config.max_k:
-            raise InvalidInputError(f"k must lie in [1, {self.config.max_k}], got {k}")
+            raise InvalidInputError(f"k must lie in [1, {self.config.max_k}], got {k}", ("k",))
+
+    def journal_status(self) -> dict | None:
+        """The adds journal as ``/readyz`` reports it (None without one)."""
+        if self.journal is None:
+            return None
+        return {"path": str(self.journal.path), "skipped_lines": self.journal.skipped}
 
     def _recommend(
         self, snap: Snapshot, query: np.ndarray, k: int, exclude: np.ndarray, history: np.ndarray
@@ -216,7 +236,7 @@ class ServingState:
             if len(values) > limit:
                 raise TooLargeError(f"{name} has {len(values)} items; at most {limit} allowed")
         if not history:
-            raise InvalidInputError("history must name at least one item")
+            raise InvalidInputError("history must name at least one item", ("body", "history"))
         self.sync()
         snap = self.snapshot
         hist = []
@@ -360,12 +380,38 @@ class ServingState:
         return vector
 
     def _check_image_path(self, image_path: str) -> str:
-        root = self.config.image_root
+        root, loc = self.config.image_root, ("body", "image_path")
         if root is None:
-            raise InvalidInputError("image paths are not accepted (the server has no image_root)")
-        resolved = (Path(root) / image_path).resolve()
-        if not resolved.is_relative_to(Path(root).resolve()):
-            raise InvalidInputError(f"image path {image_path!r} lies outside the image root")
-        if not resolved.is_file():
-            raise InvalidInputError(f"image path {image_path!r} is not a file")
+            raise InvalidInputError(
+                "image paths are not accepted (the server has no image_root)", loc
+            )
+        try:  # a NUL byte or an over-long name is the client's error, not a 500
+            resolved = (Path(root) / image_path).resolve()
+            inside = resolved.is_relative_to(Path(root).resolve())
+            is_file = inside and resolved.is_file()
+        except (ValueError, OSError) as err:
+            raise InvalidInputError(f"image path {image_path!r}: {err}", loc) from None
+        if not inside:
+            raise InvalidInputError(f"image path {image_path!r} lies outside the image root", loc)
+        if not is_file:
+            raise InvalidInputError(f"image path {image_path!r} is not a file", loc)
         return str(resolved)
+
+
+def journal_path(run: RunFolder, config: ServeConfig) -> Path | None:
+    """Where added items are journaled: ``RUN/serving/added_items.jsonl`` by default."""
+    if config.adds_journal is None:
+        return None
+    if config.adds_journal == "auto":
+        return run.root / "serving" / "added_items.jsonl"
+    return Path(config.adds_journal)
+
+
+def set_aside_stale_journal(path: Path, fingerprint: str, dim: int) -> None:
+    """Rename a default journal whose header names another training of this run folder
+    (the run was retrained in place) to ``<name>.<old fingerprint>``, with a warning."""
+    stale = stale_journal_run(path, fingerprint, dim)
+    if stale is not None:
+        aside = path.with_name(f"{path.name}.{stale or 'unknown'}")
+        log.warning("%s was written for another training of this run; moved to %s", path, aside)
+        path.replace(aside)

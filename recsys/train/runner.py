@@ -35,22 +35,37 @@ from recsys.train.config import RunConfig, parse_run_config
 from recsys.train.datamodule import InteractionDataModule
 from recsys.train.ema import ParameterEMA
 from recsys.train.module import RecommenderModule
+from recsys.train.rng import GlobalRandomState
 
 log = logging.getLogger(__name__)
 
 
 class EpochClock(Callback):
-    """Wall-clock seconds since fit start at the end of each validation, for 's to best'."""
+    """Training wall-clock seconds, summed over the parts of a resumed run: each checkpoint
+    holds the seconds trained so far, which the resumed part starts from (the work after
+    the last checkpoint, done again, counts once). ``times``: the count at the end of each
+    validation, for 's to best'."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.before = 0.0  # seconds of the parts before this one (from the checkpoint)
         self.times: dict[int, float] = {}
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.times[trainer.current_epoch] = time.perf_counter() - self.start
+        self.times[trainer.current_epoch] = self.elapsed()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.elapsed(), "times": dict(self.times)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before = float(state_dict["seconds"])
+        self.times = {int(epoch): float(t) for epoch, t in state_dict["times"].items()}
 
 
 def _quiet_lightning() -> None:
@@ -158,6 +173,8 @@ def lightning_trainer(
 ) -> L.Trainer:
     """The Lightning trainer both training phases use (logs under ``logs/<version>``)."""
     tc = config.trainer
+    # a resumed run continues the interrupted one's random draws, not fresh ones
+    callbacks = [*callbacks, GlobalRandomState()]
     if tc.ema_decay is not None:
         callbacks = [*callbacks, ParameterEMA(tc.ema_decay)]
     return L.Trainer(
@@ -233,7 +250,7 @@ def fit(
         atomic_write_text(kept, merged_curves([kept, log_file]).to_csv(index=False))
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    seconds = time.perf_counter() - start
+    seconds = clock.before + time.perf_counter() - start
     if kept.exists() and log_file.exists():
         atomic_write_text(log_file, merged_curves([kept, log_file]).to_csv(index=False))
         kept.unlink()
@@ -275,13 +292,15 @@ def refit(
     last = folder / "last.ckpt"
     # no monitor: every epoch overwrites refit/last.ckpt
     every_epoch = ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)
+    clock = EpochClock()
     trainer = lightning_trainer(
-        config, run, epochs, [every_epoch], log_version="refit", limit_val_batches=0
+        config, run, epochs, [every_epoch, clock], log_version="refit", limit_val_batches=0
     )
     datamodule = InteractionDataModule(users, items, graph.n_items, tc.sampling, config.seed)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
-    return model, {"epochs": epochs, "train_seconds": round(time.perf_counter() - start, 2)}
+    seconds = clock.before + time.perf_counter() - start
+    return model, {"epochs": epochs, "train_seconds": round(seconds, 2)}
 
 
 def evaluate_embeddings(vectors, dataset: SplitDataset, config: RunConfig) -> dict[str, Any]:
