@@ -8,7 +8,7 @@ RUNS ?= runs
 export HF_HUB_OFFLINE ?= 1
 export RECSYS_SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install demo test lint clean bench
+.PHONY: install demo serve smoke test lint clean bench
 
 install: $(VENV)/.installed
 
@@ -21,16 +21,52 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The demo: the one-stage semantic-ID model (DAS) next to LightGCN on the built-in dataset,
+# shortened to a few minutes; `recsys train -c configs/das.yaml` trains to convergence.
+DEMO_DAS_EPOCHS ?= 15
+DEMO_LGCN_EPOCHS ?= 20
+DEMO_ITEMS ?= 1 260 2571
+DEMO_PORT ?= 8000
+DAS_RUN := $(RUNS)/demo-das
+LGCN_RUN := $(RUNS)/demo-lightgcn
 demo: install
-	$(RECSYS) train -c configs/popularity.yaml --fresh --no-progress
-	$(RECSYS) train -c configs/mf.yaml --fresh
-	$(RECSYS) train -c configs/lightgcn.yaml --fresh
-	$(RECSYS) export $(RUNS)/lightgcn-movielens-small --split test --k 20 \
-		--out $(RUNS)/lightgcn-movielens-small/recs_test.parquet
-	$(RECSYS) index $(RUNS)/lightgcn-movielens-small --kind hnsw --eval
-	@echo "== test metrics, movielens-small, leave-one-out =="
-	@$(RECSYS) table $(RUNS)/popularity-movielens-small $(RUNS)/mf-movielens-small \
-		$(RUNS)/lightgcn-movielens-small
+	@echo "== recsys demo on MovieLens latest-small (built in), leave-one-out split"
+	@echo "   shortened: DAS $(DEMO_DAS_EPOCHS) epochs, LightGCN $(DEMO_LGCN_EPOCHS); to convergence:"
+	@echo "   $(RECSYS) train -c configs/das.yaml   (and configs/lightgcn.yaml)"
+	@echo "== 1/5 DAS: item content -> semantic IDs, trained in one stage with the recommender"
+	@$(RECSYS) train -c configs/das.yaml --fresh --brief name=demo-das \
+		trainer.max_epochs=$(DEMO_DAS_EPOCHS)
+	@echo "== 2/5 LightGCN, the collaborative baseline"
+	@$(RECSYS) train -c configs/lightgcn.yaml --fresh --brief name=demo-lightgcn \
+		trainer.max_epochs=$(DEMO_LGCN_EPOCHS)
+	@echo "== 3/5 a FAISS HNSW index of DAS's items (calibrated on its users)"
+	@$(RECSYS) index $(DAS_RUN) --kind hnsw | $(BIN)/python -c "import json, sys; \
+		m = json.load(sys.stdin); print(m['path'], m['factory'], m['params'], m['calibration'])"
+	@echo "== 4/5 the HTML report"
+	@$(RECSYS) report $(DAS_RUN) $(LGCN_RUN) --out $(RUNS)/demo-report.html
+	@echo "== 5/5 results"
+	@echo "-- test metrics (full ranking, seen items masked)"
+	@$(RECSYS) table $(DAS_RUN) $(LGCN_RUN)
+	@echo "-- DAS's item semantic IDs: health"
+	@$(RECSYS) inspect $(DAS_RUN) --examples 0
+	@echo "-- three items, their semantic IDs and items sharing the first two codes"
+	@$(RECSYS) inspect $(DAS_RUN) --items $(DEMO_ITEMS)
+	@echo "-- the report: $(abspath $(RUNS))/demo-report.html"
+	@echo "-- serve DAS over HTTP:  make serve   (or: $(RECSYS) serve $(DAS_RUN) --port $(DEMO_PORT))"
+	@echo "   then, in another shell:  make smoke   (every endpoint once), or by hand:"
+	@echo "   curl 'http://127.0.0.1:$(DEMO_PORT)/v1/users/1/recommendations?k=5'"
+	@echo "   curl -X POST http://127.0.0.1:$(DEMO_PORT)/v1/recommendations -H 'content-type: application/json' -d '{\"history\": [\"1\", \"260\", \"2571\"], \"k\": 5}'"
+	@echo "   curl 'http://127.0.0.1:$(DEMO_PORT)/v1/items/2571/similar?k=5'"
+	@echo "   curl -X POST http://127.0.0.1:$(DEMO_PORT)/v1/items -H 'content-type: application/json' -d '{\"item_id\": \"my-movie\", \"text\": {\"title\": \"A space opera\", \"genres\": \"Action|Sci-Fi\"}}'"
+	@echo "   curl http://127.0.0.1:$(DEMO_PORT)/v1/items/my-movie/semantic-id"
+
+# The API over the demo's DAS run, on loopback only.
+serve: install
+	$(RECSYS) serve $(DAS_RUN) --host 127.0.0.1 --port $(DEMO_PORT)
+
+# Every endpoint of a running `make serve` once, answers printed (non-zero exit on a non-2xx).
+smoke: install
+	$(BIN)/python -m recsys.serve.smoke --run $(DAS_RUN) --url http://127.0.0.1:$(DEMO_PORT)
 
 lint: install
 	$(BIN)/ruff check .

@@ -21,12 +21,21 @@ def _train(args: argparse.Namespace) -> None:
     config = load_run_config(args.config, args.overrides)
     if args.no_progress:
         config.trainer.progress_bar = False
-    _print_run(train_run(config, fresh=args.fresh, skip_finished=args.skip_finished))
+    run = train_run(config, fresh=args.fresh, skip_finished=args.skip_finished)
+    _print_run(run, brief=args.brief)
 
 
-def _print_run(run: RunFolder) -> None:
-    """A finished run's folder, training summary and test metrics."""
+def _print_run(run: RunFolder, brief: bool = False) -> None:
+    """A finished run's folder, training summary and test metrics (``brief``: one line)."""
     metrics = run.metrics()
+    if brief:
+        t, test = metrics.get("training") or {}, metrics.get("test") or {}
+        print(
+            f"{run.root}: best epoch {t.get('best_epoch')} of {t.get('epochs')},"
+            f" {t.get('train_seconds')} s; test NDCG@10 {test.get('ndcg@10', float('nan')):.4f},"
+            f" Recall@20 {test.get('recall@20', float('nan')):.4f}"
+        )
+        return
     print(f"run folder: {run.root}")
     print(json.dumps({"training": metrics.get("training"), "test": metrics.get("test")}, indent=2))
 
@@ -124,9 +133,13 @@ def _semantic_ids(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     from recsys.artifacts import RunFolder
-    from recsys.report.inspect import format_inspection
+    from recsys.report.inspect import format_inspection, format_item_neighbours
 
-    print(format_inspection(RunFolder(Path(args.run)), side=args.side, examples=args.examples))
+    run = RunFolder(Path(args.run))
+    if args.items:
+        print(format_item_neighbours(run, args.items, depth=args.depth))
+        return
+    print(format_inspection(run, side=args.side, examples=args.examples))
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -264,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave a run that already finished with this config on this data as it is",
     )
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--brief", action="store_true", help="one summary line, not the metrics")
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -330,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--side", default="items", choices=["items", "users"])
     p.add_argument("--examples", type=int, default=5, help="prefixes shown per level")
+    p.add_argument(
+        "--items", nargs="+", metavar="ID", help="these items' IDs and the items sharing a prefix"
+    )
+    p.add_argument("--depth", type=int, default=2, help="prefix length for --items")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("report", help="one self-contained HTML report of run folders")

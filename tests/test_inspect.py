@@ -196,3 +196,22 @@ def test_user_side_uses_its_own_quantizer_size(tmp_path):
     assert "stats.json agrees" in text
     assert block(text, "c0=5 (2 users)") == ["u1", "u2"]
     assert "level 0: 3/4 codes used" in format_inspection(run, side="items")
+
+
+def test_inspect_items_shows_their_ids_and_the_items_sharing_a_prefix(tmp_path, capsys):
+    """By hand from TABLE: "e" (Alien 3) is 0-1-2 and shares 0-1 with a and b, b seen most;
+    at depth 1 it shares c0=0 with a, b and c; "f" (Fargo) shares nothing."""
+    run = make_run(tmp_path, train_counts={"b": 3, "a": 1, "c": 2})
+    assert main(["inspect", str(run.root), "--items", "e", "f"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Alien 3 (item e): semantic ID 0-1-2"
+    assert out[1].strip() == "shares the prefix 0-1 with 2 other item(s), e.g.:"
+    assert [line.strip() for line in out[2:4]] == ["Aliens", "Alien"]  # most seen first
+    assert out[4] == "Fargo (item f): semantic ID 3-3-0"
+    assert "with 0 other item(s)" in out[5] and len(out) == 6
+    assert main(["inspect", str(run.root), "--items", "e", "--depth", "1"]) == 0
+    shallow = capsys.readouterr().out.splitlines()
+    assert "prefix 0 with 3 other" in shallow[1]
+    assert [line.strip() for line in shallow[2:]] == ["Aliens", "Toy Story", "Alien"]
+    assert main(["inspect", str(run.root), "--items", "zz"]) == 2
+    assert "item 'zz' has no semantic ID" in capsys.readouterr().err

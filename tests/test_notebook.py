@@ -55,10 +55,12 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     assert not errors
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 2  # curves and projection
+    assert len(images) == 3  # code usage, curves and projection
     text = "".join(o.get("text", "") for o in outputs)
-    assert "the index agrees with brute force" in text
-    assert (tmp_path / "lightgcn-quickstart" / "metrics.json").exists()
+    assert "the API agrees with brute force" in text
+    assert "Toy Story (item 1): semantic ID" in text and "shares the prefix" in text
+    assert "the catalogue now has 9067 items" in text  # the new movie was added
+    assert (tmp_path / "das-quickstart" / "metrics.json").exists()
     assert (tmp_path / "report.html").stat().st_size > 10_000
     assert sorted(p.name for p in REPO.iterdir()) == before  # nothing written in the repo
     print(f"notebook executed in {elapsed:.1f} s")

@@ -288,6 +288,34 @@ def row_labels(run: RunFolder, table: pd.DataFrame, side: str) -> list[str]:
     return out
 
 
+def format_item_neighbours(
+    run: RunFolder, item_ids: Sequence[str], depth: int = 2, shown: int = 5
+) -> str:
+    """Each item's semantic ID and the items that share its first ``depth`` codes (most
+    interacted with first): what ``recsys inspect RUN --items ID ...`` prints."""
+    table, _ = inspect_semantic_ids(run, "items")
+    cols = code_columns(table)
+    depth = min(depth, len(cols))
+    codes = table[cols].to_numpy(dtype=np.int64)
+    labels = row_labels(run, table, "items")
+    popularity = row_popularity(run, table, "items")
+    weight = popularity if popularity is not None else np.zeros(len(table), np.int64)
+    row_of = {item: r for r, item in enumerate(table["item_id"].astype(str))}
+    lines = []
+    for item_id in item_ids:
+        row = row_of.get(str(item_id))
+        if row is None:
+            raise RecsysError(f"{run.root}: item {item_id!r} has no semantic ID")
+        same = np.flatnonzero((codes[:, :depth] == codes[row, :depth]).all(axis=1))
+        same = same[same != row]
+        same = same[np.argsort(-weight[same], kind="stable")]
+        prefix = "-".join(str(c) for c in codes[row, :depth])
+        lines.append(f"{labels[row]} (item {item_id}): semantic ID {table['semantic_id'][row]}")
+        lines.append(f"  shares the prefix {prefix} with {len(same)} other item(s), e.g.:")
+        lines += [f"      {labels[r]}" for r in same[:shown]]
+    return "\n".join(lines)
+
+
 def format_inspection(
     run: RunFolder, side: str = "items", examples: int = 5, per_prefix: int = 8
 ) -> str:
@@ -331,7 +359,7 @@ def format_inspection(
     popularity = row_popularity(run, table, side)
     order = " (most interacted with first)" if popularity is not None else ""
     depths = [1, 2] if len(cols) >= 2 else [1]
-    for depth in depths:
+    for depth in depths if examples > 0 else []:
         groups = prefix_groups(codes, depth, examples, popularity)
         title = "first-level codes" if depth == 1 else f"{depth}-level prefixes"
         lines += ["", f"most populated {title} and the {side} sharing them{order}:"]

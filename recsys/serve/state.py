@@ -46,7 +46,12 @@ from recsys.index.faiss_index import ItemIndex, load_or_build
 from recsys.index.fingerprint import run_fingerprint
 from recsys.index.semantic import SemanticIds
 from recsys.serve.config import ServeConfig
-from recsys.serve.content import ItemContentEncoder, content_frame, load_item_encoder
+from recsys.serve.content import (
+    ItemContentEncoder,
+    content_fields,
+    content_frame,
+    load_item_encoder,
+)
 from recsys.serve.history import HistoryQuery
 from recsys.serve.journal import AddJournal, AddRecord, stale_journal_run
 from recsys.serve.schemas import ItemContent
@@ -158,6 +163,7 @@ class ServingState:
         self.user_map, self.user_vectors, self.seen = user_map, user_vectors, seen
         self.snapshot = snapshot
         self.history_query = HistoryQuery.load(run, snapshot.index.vectors.shape[1])
+        self.content_fields = content_fields(run)  # (text, tabular) the encoder reads
         self._write_lock = threading.Lock()
         self.journal: AddJournal | None = None
         path = journal_path(run, config)
@@ -320,6 +326,16 @@ class ServingState:
         self.sync()
         if content.item_id in self.snapshot.items:
             raise ConflictError(f"item {content.item_id!r} already exists")
+        text_fields, tabular_fields = self.content_fields
+        missing_text = {f: None for f in text_fields if f not in content.text}
+        missing_tab = {f: None for f in tabular_fields if f not in content.tabular}
+        if missing_text or missing_tab:  # a field the encoder reads, not given: no value
+            content = content.model_copy(
+                update={
+                    "text": {**content.text, **missing_text},
+                    "tabular": {**content.tabular, **missing_tab},
+                }
+            )
         if content.image_path is not None:  # the encoder gets the resolved path
             image = self._check_image_path(content.image_path)
             content = content.model_copy(update={"image_path": image})

@@ -107,7 +107,9 @@ def kmeans_centroids(x: Tensor, k: int, iters: int, seed: int) -> Tensor:
         return (base + jitter).to(x.device)
     init = _kmeanspp(xc, k, gen)
     xs = np.ascontiguousarray(xc.numpy())
-    km = faiss.Kmeans(dim, k, niter=iters, seed=seed, verbose=False)
+    # min_points_per_centroid only decides when FAISS warns (fewer than 39 points a code,
+    # normal for small catalogues); the fit is the same.
+    km = faiss.Kmeans(dim, k, niter=iters, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(xs, init_centroids=np.ascontiguousarray(init.numpy()))
     cent = torch.from_numpy(np.array(km.centroids, dtype=np.float32).reshape(k, dim))
     return cent.to(x.device)
