@@ -337,7 +337,11 @@ def item_features(dataset: SplitDataset, config: RunConfig):
             f"model {config.model.kind!r} needs item content; {dataset.name} has none"
         )
     features = run_features(config.features, dataset.name)
-    built = build_item_features(dataset.item_table, features, cache_dir=feature_cache_dir())
+    shown = features  # with a progress bar while training shows one (not what is saved)
+    if config.trainer.progress_bar and features.text is not None:
+        text = features.text.model_copy(update={"progress": True})
+        shown = features.model_copy(update={"text": text})
+    built = build_item_features(dataset.item_table, shown, cache_dir=feature_cache_dir())
     return built, features
 
 
