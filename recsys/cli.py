@@ -25,6 +25,21 @@ def _train(args: argparse.Namespace) -> None:
     _print_run(run, brief=args.brief)
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from recsys.train.tune import run_tune, summary
+
+    study, best = run_tune(
+        args.config, args.overrides, n_trials=args.n_trials, progress=not args.no_progress
+    )
+    table = summary(study, study.user_attrs["metric"]).fillna("")
+    print("| " + " | ".join(map(str, table.columns)) + " |")
+    print("|" + "---|" * len(table.columns))
+    for row in table.itertuples(index=False):
+        print("| " + " | ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    print(f"best: trial {study.best_trial.number}, valid {study.best_value:.6f}")
+    print(f"best config: {best}  (recsys train -c {best} retrains it)")
+
+
 def _print_run(run: RunFolder, brief: bool = False) -> None:
     """A finished run's folder, training summary and test metrics (``brief``: one line)."""
     metrics = run.metrics()
@@ -279,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--brief", action="store_true", help="one summary line, not the metrics")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "tune", help="search the config's tune: section with Optuna (resumable; never reads test)"
+    )
+    with_config(p)
+    p.add_argument("--n-trials", type=int, help="the study's total trials (default: tune.n_trials)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser(
         "refit",

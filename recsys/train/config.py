@@ -60,6 +60,7 @@ class RunConfig(StrictModel):
     trainer: TrainerConfig = TrainerConfig()
     eval: EvalConfig = EvalConfig()
     features: FeaturesConfig | None = None  # None: the dataset's preset, when a model needs it
+    tune: dict[str, Any] | None = None  # recsys tune's search (recsys.train.tune); train skips it
 
     @field_validator("model", mode="before")
     @classmethod

@@ -206,6 +206,7 @@ def fit(
     config: RunConfig,
     run: RunFolder,
     resume: Path | None,
+    callbacks: list[Callback] | None = None,
 ) -> dict[str, Any]:
     """Train with Lightning; load the best checkpoint's weights into ``model``."""
     tc = config.trainer
@@ -238,7 +239,8 @@ def fit(
         config,
         run,
         tc.max_epochs,
-        [checkpoint, EarlyStopping(monitor, patience=tc.patience, mode="max"), clock],
+        [checkpoint, EarlyStopping(monitor, patience=tc.patience, mode="max"), clock,
+         *(callbacks or [])],  # fmt: skip
         log_version="",
         check_val_every_n_epoch=tc.check_val_every_n_epoch,
     )
@@ -445,12 +447,18 @@ def finished_run(config: RunConfig, data_fingerprint: str) -> RunFolder | None:
     return run
 
 
-def train_run(config: RunConfig, fresh: bool = False, skip_finished: bool = False) -> RunFolder:
+def train_run(
+    config: RunConfig,
+    fresh: bool = False,
+    skip_finished: bool = False,
+    callbacks: list[Callback] | None = None,
+) -> RunFolder:
     """Train ``config`` into ``<output_dir>/<name>/`` and return that run folder.
 
     ``skip_finished`` leaves a run that already finished with this config on this data as
     it is (nothing rewritten) and returns it, so that a list of runs can be restarted after
-    a crash without retraining what was done; an interrupted run resumes as always."""
+    a crash without retraining what was done; an interrupted run resumes as always.
+    ``callbacks`` join the first phase's Lightning trainer (``recsys tune``'s pruning)."""
     if fresh and skip_finished:
         raise ConfigError("--fresh retrains and --skip-finished keeps: pass one of them")
     _quiet_lightning()
@@ -467,7 +475,7 @@ def train_run(config: RunConfig, fresh: bool = False, skip_finished: bool = Fals
         done = finished_run(config, dataset.fingerprint) if skip_finished else None
         if done is not None:
             return done
-        return _train_into_folder(config, fresh, dataset, borrowed_codes)
+        return _train_into_folder(config, fresh, dataset, borrowed_codes, callbacks or [])
 
 
 def refit_run(
@@ -514,7 +522,11 @@ def refit_run(
 
 
 def _train_into_folder(
-    config: RunConfig, fresh: bool, dataset: SplitDataset, borrowed_codes: np.ndarray | None
+    config: RunConfig,
+    fresh: bool,
+    dataset: SplitDataset,
+    borrowed_codes: np.ndarray | None,
+    callbacks: list[Callback],
 ) -> RunFolder:
     run, resume = prepare_run_folder(config, fresh, dataset.fingerprint)
     run.write_data(
@@ -543,7 +555,7 @@ def _train_into_folder(
         training = json.loads(selected.read_text())
         load_checkpoint_weights(model, run.checkpoint_dir / "best.ckpt")
     elif model.trainable:
-        training = fit(model, dataset, config, run, resume)
+        training = fit(model, dataset, config, run, resume, callbacks)
         atomic_write_text(selected, json.dumps(training))
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
     user, item = valid_user, valid_item
