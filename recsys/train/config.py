@@ -16,7 +16,13 @@ from recsys.train.datamodule import SamplingConfig
 
 class TrainerConfig(StrictModel):
     max_epochs: int = 100
-    patience: int = 10
+    patience: int = 10  # validations without a better valid score before stopping
+    # Size-aware stopping (None: off, epochs alone decide): early stopping may not stop
+    # before min_steps optimiser steps, and waits at least patience_steps steps for a
+    # better score, so that "patience" means the same at 5 or 5,000 steps an epoch and a
+    # spike of the initial state cannot end a run (recsys.train.stopping).
+    min_steps: int | None = Field(None, ge=1)
+    patience_steps: int | None = Field(None, ge=1)
     lr: float = 1e-3
     weight_decay: float = 0.0
     sampling: SamplingConfig = SamplingConfig()
@@ -74,6 +80,8 @@ class RunConfig(StrictModel):
     def dump(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
         out["model"] = self.model.model_dump(mode="json")
+        if out.get("tune") is None:  # as runs saved before the section existed
+            out.pop("tune", None)
         return out
 
 

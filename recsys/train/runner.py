@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from filelock import FileLock, Timeout
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from recsys.artifacts import RunFolder, git_commit
@@ -36,6 +36,7 @@ from recsys.train.datamodule import InteractionDataModule
 from recsys.train.ema import ParameterEMA
 from recsys.train.module import RecommenderModule
 from recsys.train.rng import GlobalRandomState
+from recsys.train.stopping import WarmupEarlyStopping, stopping_patience
 
 log = logging.getLogger(__name__)
 
@@ -235,12 +236,16 @@ def fit(
         enable_version_counter=False,
     )
     clock = EpochClock()
+    steps_per_epoch = -(-len(train_users) // tc.sampling.batch_size)  # PairBatches' length
+    patience = stopping_patience(
+        tc.patience, tc.patience_steps, steps_per_epoch, tc.check_val_every_n_epoch
+    )
+    stop = WarmupEarlyStopping(monitor, patience=patience, mode="max", min_steps=tc.min_steps)
     trainer = lightning_trainer(
         config,
         run,
         tc.max_epochs,
-        [checkpoint, EarlyStopping(monitor, patience=tc.patience, mode="max"), clock,
-         *(callbacks or [])],  # fmt: skip
+        [checkpoint, stop, clock, *(callbacks or [])],
         log_version="",
         check_val_every_n_epoch=tc.check_val_every_n_epoch,
     )
