@@ -80,8 +80,7 @@ class RunConfig(StrictModel):
     def dump(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
         out["model"] = self.model.model_dump(mode="json")
-        if out.get("tune") is None:  # as runs saved before the section existed
-            out.pop("tune", None)
+        out.pop("tune", None)  # how to search, not how to train: no part of a run's identity
         return out
 
 
