@@ -255,6 +255,19 @@ def test_deep_queries_keep_recall_for_users_who_have_seen_most_of_the_catalogue(
     the unfiltered ranking. The breadth grows with that depth (and past EXACT_DEPTH the
     query is scored exactly), so recall against brute force does not fall with history
     length; a user who has seen 90% of the catalogue gets exactly the brute-force list."""
+    import faiss
+
+
+    # One thread: a multi-threaded HNSW build links its graph in a varying order.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        _deep_queries(monkeypatch)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _deep_queries(monkeypatch) -> None:
     from recsys.index.faiss_index import EXACT_DEPTH
 
     rng = np.random.default_rng(3)

@@ -102,6 +102,9 @@ def test_a_killed_tune_resumes_and_finishes_its_trials(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert running
+    had_checkpoint = {
+        p.parts[-3] for p in (tmp_path / "runs" / "lgcn-tune").glob("trial-*/checkpoints/last.ckpt")
+    }
     study, _ = run_tune(str(config), progress=False)
     states = [t.state for t in study.trials]
     finished = [s for s in states if s in (optuna.trial.TrialState.COMPLETE,
@@ -111,8 +114,9 @@ def test_a_killed_tune_resumes_and_finishes_its_trials(tmp_path):
     killed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
     again = [t for t in study.trials if t.user_attrs.get("run") == killed.user_attrs["run"]]
     assert len(again) == 2 and again[1].params == killed.params
-    if again[1].state == optuna.trial.TrialState.COMPLETE:  # its folder's last.ckpt, resumed
-        folder = tmp_path / "runs" / "lgcn-tune" / killed.user_attrs["run"]
+    name = killed.user_attrs["run"]
+    if again[1].state == optuna.trial.TrialState.COMPLETE and name in had_checkpoint:
+        folder = tmp_path / "runs" / "lgcn-tune" / name  # resumed from its last.ckpt
         assert json.loads((folder / "metrics.json").read_text())["training"]["resumed"]
 
 
