@@ -31,6 +31,7 @@ from recsys.eval.ranking import evaluate
 from recsys.io import atomic_write_text
 from recsys.models import TrainingGraph, build_model
 from recsys.models.base import Recommender, dot_scores, frozen_embeddings, model_spec
+from recsys.train.clock import EpochClock
 from recsys.train.config import RunConfig, parse_run_config
 from recsys.train.datamodule import InteractionDataModule
 from recsys.train.ema import ParameterEMA
@@ -39,34 +40,6 @@ from recsys.train.rng import GlobalRandomState
 from recsys.train.stopping import WarmupEarlyStopping, stopping_patience
 
 log = logging.getLogger(__name__)
-
-
-class EpochClock(Callback):
-    """Training wall-clock seconds, summed over the parts of a resumed run: each checkpoint
-    holds the seconds trained so far, which the resumed part starts from (the work after
-    the last checkpoint, done again, counts once). ``times``: the count at the end of each
-    validation, for 's to best'."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.before = 0.0  # seconds of the parts before this one (from the checkpoint)
-        self.times: dict[int, float] = {}
-
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.start
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.times[trainer.current_epoch] = self.elapsed()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.elapsed(), "times": dict(self.times)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.before = float(state_dict["seconds"])
-        self.times = {int(epoch): float(t) for epoch, t in state_dict["times"].items()}
 
 
 def _quiet_lightning() -> None:
@@ -273,6 +246,8 @@ def fit(
         "train_seconds": round(seconds, 2),
         "seconds_to_best": round(clock.times[best_epoch], 2) if best_epoch in clock.times else None,
         "resumed": resume is not None,
+        "epoch_seconds": clock.epoch_seconds,  # training only, one per epoch
+        "valid_seconds": clock.valid_seconds,  # one per validation
     }
 
 
