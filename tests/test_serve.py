@@ -478,3 +478,30 @@ def test_a_corrupt_journal_line_costs_one_item_and_a_warning(run, tmp_path, capl
     other.write_text("not json\n")
     with pytest.raises(RecsysError, match="corrupt header"):
         client_for(run, None, adds_journal=str(other))
+
+
+def test_a_slow_add_does_not_hold_up_reads(run):
+    """An add encodes content (a text model can take seconds) outside the search pool: a
+    read sent while an add is inside its encoder is answered before the add ends."""
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowEncoder(HashEncoder):
+        def encode(self, items):
+            entered.set()
+            assert release.wait(30)
+            return super().encode(items)
+
+    c = client_for(run, SlowEncoder(dim=8))
+    result = {}
+    adder = threading.Thread(
+        target=lambda: result.update(r=c.post("/v1/items", json={"item_id": "slow"}))
+    )
+    adder.start()
+    try:
+        assert entered.wait(30)
+        r = c.get("/v1/users/u1/recommendations?k=3")  # the add is still in its encoder
+        assert r.status_code == 200 and not release.is_set() and adder.is_alive()
+    finally:
+        release.set()
+        adder.join(30)
+    assert result["r"].status_code == 201

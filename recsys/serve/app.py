@@ -39,6 +39,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.artifacts import RunFolder
@@ -187,8 +188,8 @@ def create_app(
             {"detail": err.detail}, status_code=err.status_code, headers=err.headers
         )
 
-    # Everything runs on the event loop except the work itself (search, add), which goes
-    # to a pool of ``config.concurrent_searches`` threads in one hop, so the loop keeps
+    # Everything runs on the event loop except the work itself: searches go to a pool of
+    # ``config.concurrent_searches`` threads in one hop (adds to Starlette's), so the loop keeps
     # parsing requests meanwhile. Not FastAPI's 40-thread pool: 32 concurrent searches
     # there contend for the GIL and the BLAS threads, and throughput fell from 858 to 463
     # requests/s with a p99 of 400 ms (bench/load_api.py, 1 worker). Sync dependencies or
@@ -291,7 +292,9 @@ def create_app(
         body: Annotated[content_body, Body()],  # type: ignore[valid-type]
         s: StateDep,
     ) -> ItemAdded:
-        sid, n_items = await work(s.add_item, body)
+        # Not the search pool: an add encodes content (a text model: up to seconds), and
+        # reads must not queue behind it.
+        sid, n_items = await run_in_threadpool(s.add_item, body)
         metrics.items_added.inc()
         return ItemAdded(
             item_id=body.item_id, semantic_id=None if sid is None else list(sid), n_items=n_items
