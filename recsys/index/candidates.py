@@ -1,5 +1,5 @@
 """Array helpers of ``ItemIndex.search``: FAISS's view of items and queries (the MIPS
-reduction), candidate lists (padding, de-duplication, exclusion) and brute-force top-k."""
+reduction), candidate lists (padding, de-duplication, exclusion)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,6 @@ def _as_matrix(x: np.ndarray, dim: int, what: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise RecsysError(f"{what} contain NaN or infinite values")
     return x
-
-
-def _exact_topk(q: np.ndarray, items: np.ndarray, k: int, batch: int = 512) -> list[set[int]]:
-    """Brute-force top-``k`` id sets of ``q (B, D) @ items.T`` (ties: any of them)."""
-    k = min(k, len(items))
-    out: list[set[int]] = []
-    for s in range(0, len(q), batch):
-        scores = q[s : s + batch] @ items.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        out.extend(set(row.tolist()) for row in top)
-    return out
 
 
 def _prepare_items(x: np.ndarray, meta: IndexMeta) -> np.ndarray:

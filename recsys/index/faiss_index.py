@@ -88,7 +88,6 @@ from recsys.index.candidates import (
     _as_matrix,
     _dedupe_rows,
     _drop,
-    _exact_topk,
     _pad,
     _prepare_items,
     _prepare_queries,
@@ -239,12 +238,10 @@ class ItemIndex:
         ``meta.params`` and ``meta.calibration``."""
         start = time.perf_counter()
         q = _as_matrix(queries, self.dim, "calibration queries")
-        tasks: list[tuple[list[np.ndarray] | None, list[set[int]]]] = [
-            (None, _exact_topk(q, self.vectors, k))
-        ]
-        if exclude is not None:  # the served task too: both must reach the target
-            exact, _ = self._exact_topk_excluding(q, k, exclude)
-            tasks.append((exclude, [set(row[row >= 0].tolist()) or {-1} for row in exact]))
+        tasks = []  # (exclusions, exact top-k sets): plain, and as served (both must reach it)
+        for ex in [None] if exclude is None else [None, exclude]:
+            exact, _ = self._exact_topk_excluding(q, k, ex)
+            tasks.append((ex, [set(row[row >= 0].tolist()) or {-1} for row in exact]))
         recall = float("nan")
         for value in rungs:
             self.meta.params[name] = value

@@ -16,7 +16,6 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     create_model,
-    model_validator,
 )
 
 from recsys.config import StrictModel
@@ -151,8 +150,8 @@ class ItemContent(StrictModel):
         cls, text: list[str], tabular: list[str], images: bool = True
     ) -> type[ItemContent]:
         """This model with the content fields one run's encoder reads listed in its schema
-        (each optional: a missing one is filled in as a missing value), and ``image_path``
-        only where the server accepts images (``images``)."""
+        (each optional: ``ServingState.add_item`` passes a missing one on as a missing
+        value), and ``image_path`` only where the server accepts images (``images``)."""
 
         def block(name: str, fields: list[str], value_schema: dict) -> Any:
             listed = {f: {**value_schema, "description": "read by this run's encoder"}
@@ -161,19 +160,11 @@ class ItemContent(StrictModel):
             extra = {**_KEYS, **({"properties": listed} if listed else {})}
             return (kind, Field(default_factory=dict, json_schema_extra=extra))
 
-        def fill_missing(item: ItemContent) -> ItemContent:
-            for f in text:
-                item.text.setdefault(f, None)  # type: ignore[arg-type]
-            for f in tabular:
-                item.tabular.setdefault(f, None)
-            return item
-
         no_images = (None, Field(None, description="this server accepts no images"))
         return create_model(
             "ItemContent",
             __base__=cls,
             __doc__=cls.__doc__,
-            __validators__={"fill_missing": model_validator(mode="after")(fill_missing)},
             text=block("text", text, {"type": ["string", "null"], "maxLength": 100_000}),
             tabular=block("tabular", tabular, {}),
             **({} if images else {"image_path": no_images}),
