@@ -75,7 +75,9 @@ def write_split(dataset: str, split: str, folder: Path) -> dict[str, int]:
         lines = ["user_id\titem_id", *("\t".join(r) for r in rows)]
         (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n")
     n_train = int((data.labels == 0).sum())
-    return {"n_users": data.n_users, "n_items": data.n_items, "n_train": n_train}
+    n_valid_users = len(np.unique(data.users[data.labels == 1]))
+    return {"n_users": data.n_users, "n_items": data.n_items, "n_train": n_train,
+            "n_valid_users": n_valid_users}  # fmt: skip
 
 
 def summarise(epochs: list[float], evals: list[float]) -> dict:
@@ -166,6 +168,14 @@ def main() -> None:
             else:
                 results.append(ours(name, args, tmp_path / "runs", env))
             print(json.dumps(results[-1]) if results else "", file=sys.stderr)
+    from recsys.train.stopping import validation_interval
+
+    # trainer.check_val_every_n_epoch: auto on this data (the runs above validate every
+    # epoch, to time each validation): validation's share of training at that interval
+    interval = validation_interval(
+        "auto", split_info["n_valid_users"], split_info["n_items"], split_info["n_train"],
+        10**6,
+    )  # fmt: skip
     base = next((r for r in results if r["model"] == "recbole-lightgcn" and "error" not in r), None)
     for r in results:
         if base and r.get("seconds_per_epoch") and base.get("seconds_per_epoch"):
@@ -176,9 +186,12 @@ def main() -> None:
             r["eval_share_of_epoch"] = round(
                 statistics.median(r["eval_seconds"]) / r["seconds_per_epoch"], 3
             )
+            if r.get("library") == "recsys":
+                r["eval_share_at_auto_interval"] = round(r["eval_share_of_epoch"] / interval, 3)
     print(json.dumps({
         "dataset": args.dataset, "split": args.split, **split_info, "epochs": args.epochs,
         "threads": args.threads, "batch_size": args.batch_size, "dim": args.dim,
+        "auto_validation_interval": interval,
         "machine": {"cores": os.cpu_count()}, "models": results,
     }, indent=2))  # fmt: skip
 

@@ -72,3 +72,15 @@ def test_an_early_spike_does_not_end_the_run_under_the_size_aware_rule():
     patience = stopping_patience(3, 60, STEPS_PER_EPOCH)
     epochs, best = run_curve(patience=patience)
     assert patience == 12 and best == 12 and epochs == len(SPIKE)
+
+
+def test_validation_interval_pays_for_validation_with_training_pairs():
+    from recsys.train.stopping import VALID_SCORES_PER_TRAIN_PAIR, validation_interval
+
+    assert VALID_SCORES_PER_TRAIN_PAIR == 150
+    # Amazon Beauty ratio-811: 22,363 users x 12,101 items against 145,874 pairs
+    assert validation_interval("auto", 22363, 12101, 145874, 200) == 13  # 12.37 rounded up
+    # MovieLens 100K loo: 943 x 1,682 scores are paid for by one epoch
+    assert validation_interval("auto", 943, 1682, 97_000, 200) == 1
+    assert validation_interval("auto", 22363, 12101, 145874, 5) == 5  # validates at least once
+    assert validation_interval(3, 22363, 12101, 145874, 200) == 3

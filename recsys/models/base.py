@@ -155,6 +155,13 @@ def build_model(config: StrictModel, graph: TrainingGraph) -> Recommender:
     return model_spec(config.kind).build(config, graph)  # type: ignore[attr-defined]
 
 
+def rows(table: Tensor, index: Tensor) -> Tensor:
+    """``table[index]`` for a row table ``(N, D)`` and an index of any shape ``S`` →
+    ``(*S, D)``, through ``index_select``: the same values, and a backward (index_add) about
+    twice as fast as advanced indexing's (index_put) under deterministic algorithms."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
 def find_sorted(keys: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
     """Positions of ``wanted (B,)`` in the ascending ``keys (E,)`` and whether each is
     there: ``(at, found)``, ``at`` clamped to a valid index (any, where not found)."""
@@ -170,6 +177,7 @@ def dot_scores(user_emb: Tensor, item_emb: Tensor) -> Callable[[Tensor], Tensor]
     def score(users: Tensor) -> Tensor:
         return user_emb[users] @ item_emb.T
 
+    score.fresh_scores = True  # type: ignore[attr-defined]  # a new tensor: rankers may mask it in place
     return score
 
 

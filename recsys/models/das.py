@@ -47,7 +47,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from recsys.config import StrictModel
-from recsys.models.base import Recommender, TrainingGraph, find_sorted, register_model
+from recsys.models.base import Recommender, TrainingGraph, find_sorted, register_model, rows
 from recsys.models.content import (
     content_item_matrix,
     popularity_gbdt,
@@ -64,7 +64,7 @@ from recsys.models.content import (
     raw_feature_matrix,
 )
 from recsys.models.fusion import FusionConfig, ModalityFusion
-from recsys.models.graph import fold_in_segment
+from recsys.models.graph import fold_in_segment, sparse_matmul
 from recsys.models.losses import (
     bpr_loss,
     in_batch_softmax_loss,
@@ -326,17 +326,35 @@ class DASConfig(TransitionFields):
         return self.dim - self.pop_dim
 
 
-class ConcatVectors(NamedTuple):
-    """concat mode's representations: final ``users (U, D + d_s)`` and ``items (I, D +
-    d_s)`` (collaborative then semantic columns), ``collab_users (U, D)``, ``item_ego (I,
-    D)`` (layer-0 collaborative item rows) and ``collab_history (U, D)``: each user's
-    pooled history of propagated item rows (None without user_history_weight)."""
+@dataclasses.dataclass
+class ConcatVectors:
+    """concat mode's representations, kept in parts: a final user row is ``[collab_users ;
+    semantic_users]`` (``(U, D)``, ``(U, d_s)``: γ-weighted), a final item row
+    ``[collab_items ; semantic_items]``; ``item_ego (I, D)``: the layer-0 collaborative item
+    rows; ``collab_history (U, D)``: each user's pooled history of propagated item rows
+    (None without user_history_weight). Training gathers the batch's rows part by part
+    (concatenating whole tables was ~7% of a Beauty step); scoring takes the whole tables."""
 
-    users: Tensor
-    items: Tensor
     collab_users: Tensor
+    semantic_users: Tensor
+    collab_items: Tensor
+    semantic_items: Tensor
     item_ego: Tensor
     collab_history: Tensor | None
+
+    @property
+    def users(self) -> Tensor:
+        return torch.cat([self.collab_users, self.semantic_users], 1)  # (U, D + d_s)
+
+    @property
+    def items(self) -> Tensor:
+        return torch.cat([self.collab_items, self.semantic_items], 1)  # (I, D + d_s)
+
+    def user_rows(self, index: Tensor) -> Tensor:
+        return torch.cat([rows(self.collab_users, index), rows(self.semantic_users, index)], 1)
+
+    def item_rows(self, index: Tensor) -> Tensor:
+        return torch.cat([rows(self.collab_items, index), rows(self.semantic_items, index)], 1)
 
 
 @dataclasses.dataclass
@@ -857,18 +875,17 @@ class DualAlignedSemanticIDs(Recommender):
         c_u, c_i = self.propagation(self.user.weight, ego)
         c_hist = None
         if self.collab_history:
-            c_hist = torch.sparse.mm(self.history_pool, c_i)
+            c_hist = sparse_matmul(self.history_pool, c_i)
             c_u = c_u + self.config.user_history_weight * c_hist
         gamma = self._gamma()
         s_i = item_out.quantized
         if self.pool_history:
-            s_u = torch.sparse.mm(self.history_pool, s_i)
+            s_u = sparse_matmul(self.history_pool, s_i)
         elif user_out is not None:
             s_u = user_out.quantized
         else:  # item side only: no user semantic vector to pair with s_i
             s_u, s_i = c_u.new_zeros(len(c_u), 0), c_i.new_zeros(len(c_i), 0)
-        users, items = torch.cat([c_u, gamma * s_u], 1), torch.cat([c_i, s_i], 1)
-        return ConcatVectors(users, items, c_u, ego, c_hist)
+        return ConcatVectors(c_u, gamma * s_u, c_i, s_i, ego, c_hist)
 
     def _set_history_pool(self, pooling: Tensor) -> None:
         """The users' pooled history ``(U, I)`` and its entries' sorted ``user·I + item``
@@ -883,24 +900,27 @@ class DualAlignedSemanticIDs(Recommender):
         at, found = find_sorted(self.history_keys, users * self.n_items + items)
         return torch.where(found, values[at], values.new_zeros(()))
 
-    def _leave_target_out(self, vectors: ConcatVectors, users: Tensor, pos: Tensor):
+    def _leave_target_out(
+        self, vectors: ConcatVectors, users: Tensor, pos: Tensor, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Training pairs' final and collaborative user rows ``(B, ·)`` with the pair's item
-        ``pos (B,)`` taken out of the user's pooled history: a pooled part
+        ``pos (B,)`` (its final rows ``target (B, D + d_s)``, c_i then s_i, when already
+        gathered) taken out of the user's pooled history: a pooled part
         ``h = Σ_j w_j x_j`` becomes ``(h − w_i x_i) / (1 − w_i)`` (0 when i was the whole
         history), the other items keeping their recency weights."""
         d, beta = self.config.dim, self.config.user_history_weight
         w = self.history_target_weights(users, pos)[:, None]
         rest = torch.where(w < 1, 1 / (1 - w).clamp(min=1e-12), torch.zeros_like(w))
-        target = vectors.items[pos]  # (B, D + d_s): c_i then s_i
+        target = vectors.item_rows(pos) if target is None else target
 
         def change(pooled: Tensor, x: Tensor) -> Tensor:
             """(h − w x) / (1 − w) − h: what leaving the target out adds to h."""
             return (pooled - w * x) * rest - pooled
 
-        collab = vectors.collab_users[users]
+        collab = rows(vectors.collab_users, users)
         if vectors.collab_history is not None:
-            collab = collab + beta * change(vectors.collab_history[users], target[:, :d])
-        semantic = vectors.users[users, d:]
+            collab = collab + beta * change(rows(vectors.collab_history, users), target[:, :d])
+        semantic = rows(vectors.semantic_users, users)
         if self.pool_history:  # γ·s_u = Σ_j w_j (γ s_j)
             semantic = semantic + change(semantic, self._gamma() * target[:, d:])
         return torch.cat([collab, semantic], 1), collab
@@ -910,7 +930,8 @@ class DualAlignedSemanticIDs(Recommender):
             scored = self.user_tower is not None and not self.pool_history
             user_out = self.user_tower(None) if scored else None  # else unused here
             item_out = self.item_tower(None)
-            users, items = self._concat_vectors(item_out, user_out)[:2]
+            vectors = self._concat_vectors(item_out, user_out)
+            users, items = vectors.users, vectors.items
             d = self.config.dim
             items = torch.cat([items[:, :d], items[:, d:] * self.item_semantic_scale[:, None]], 1)
             users, items = with_transition(self.transition, users, items, item_out.codes)
@@ -963,28 +984,43 @@ class DualAlignedSemanticIDs(Recommender):
         neg = batch["neg_items"][:, 0]
         s_u = None
         if self.concat:
-            # Towers over all rows (the propagation needs every item's codes).
+            # The item tower over all rows (the propagation needs every item's codes).
             item_out = self.item_tower(None)
-            user_out = self.user_tower(None) if self.user_tower is not None else None
-            vectors = self._concat_vectors(item_out, user_out)
-            f_u, f_i, ego = vectors.users, vectors.items, vectors.item_ego
-            u_final, p_final, n_final = f_u[users], f_i[pos], f_i[neg]
-            e_u, e_p = vectors.collab_users[users], f_i[pos, : cfg.dim]  # what is aligned
+            # The semantic vectors in the interest space are used by the alignment terms
+            # only, which see the batch's first pairs (_aux_losses): projected there only.
+            aligned = users[: cfg.align_batch_size]
+            user_out, batch_users_only = None, False
+            if self.user_tower is not None:
+                # With the users' semantic side pooled from their histories, the user tower
+                # only aligns: once frozen, it encodes just those users.
+                batch_users_only = self.pool_history and bool(self.user_tower.frozen)
+                user_out = self.user_tower(aligned if batch_users_only else None)
+            vectors = self._concat_vectors(item_out, None if batch_users_only else user_out)
+            ego = vectors.item_ego
+            p_final, n_final = vectors.item_rows(pos), vectors.item_rows(neg)
+            e_u, e_p = rows(vectors.collab_users, users), p_final[:, : cfg.dim]  # aligned
             if cfg.history_leave_target_out:
-                u_final, e_u = self._leave_target_out(vectors, users, pos)
-            s_all = self.align_item(item_out.quantized)
-            s_pos = s_all[pos]
+                u_final, e_u = self._leave_target_out(vectors, users, pos, p_final)
+            else:
+                u_final = vectors.user_rows(users)
+
+            def s_items(index: Tensor) -> Tensor:  # projected only where it is needed
+                return self.align_item(rows(item_out.quantized, index))
+
+            s_pos = s_items(pos[: len(aligned)])
             terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
             if user_out is not None:
-                s_u = self.align_user(user_out.quantized)[users]
+                s_user = user_out.quantized
+                s_u = self.align_user(s_user if batch_users_only else rows(s_user, aligned))
                 terms["quant_loss"] = terms["quant_loss"] + user_out.loss
             # the pair's preceding items → its item
             u_final, p_final, n_final, reg = batch_with_transition(
                 self.transition, batch, u_final, p_final, n_final, item_out.codes
             )
             terms["rec_loss"] = self._rec_loss(u_final, p_final, n_final, pos, neg)
-            terms["reg_loss"] = l2_penalty(self.user.weight[users], ego[pos], ego[neg], *reg)
-            return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, s_all)
+            ego_rows = [rows(self.user.weight, users), rows(ego, pos), rows(ego, neg)]
+            terms["reg_loss"] = l2_penalty(*ego_rows, *reg)
+            return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, s_items)
         e_u_all, e_i_all = self.propagation(self.user.weight, self.item.weight)
         e_u, e_p, e_n = e_u_all[users], e_i_all[pos], e_i_all[neg]
         if cfg.propagate_semantic:
@@ -1022,7 +1058,9 @@ class DualAlignedSemanticIDs(Recommender):
         terms["reg_loss"] = l2_penalty(
             self.user.weight[users], self.item.weight[pos], self.item.weight[neg]
         )
-        return self._aux_losses(batch, terms, e_u, e_p, s_u, s_pos, None)
+        return self._aux_losses(
+            batch, terms, e_u, e_p, s_u, s_pos, lambda j: self.item_tower(j).quantized
+        )
 
     def _rec_loss(
         self, user: Tensor, pos: Tensor, neg: Tensor, pos_items: Tensor, neg_items: Tensor
@@ -1040,7 +1078,8 @@ class DualAlignedSemanticIDs(Recommender):
     def _aux_losses(self, batch, terms, e_u, e_p, s_u, s_pos, s_items):
         """Alignment, co-occurrence and debias terms and the weighted total. ``e_*``:
         collaborative vectors of the batch's users / positives; ``s_*``: their semantic
-        vectors in the interest space; ``s_items``: every item's (None: run the tower)."""
+        vectors in the interest space (at least the first ``align_batch_size`` pairs');
+        ``s_items``: item indices → their semantic vectors."""
         w, cfg = self.config.weights, self.config
         users, pos = batch["users"], batch["pos_items"]
         # Alignment on a subset of the batch: in-batch InfoNCE is quadratic in its size.
@@ -1066,7 +1105,7 @@ class DualAlignedSemanticIDs(Recommender):
         terms["cooc_loss"] = zero
         if w.cooc:
             j = self._sample_neighbor(self.u_ptr, self.u_items, users[a])
-            s_j = s_items[j] if s_items is not None else self.item_tower(j).quantized
+            s_j = s_items(j)
             terms["cooc_loss"] = nce(s_pos[a], s_j, iid, j)
             if self.user_tower is not None and s_u is not None:
                 v = self._sample_neighbor(self.i_ptr, self.i_users, pos[a])

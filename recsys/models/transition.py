@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from recsys.config import StrictModel
-from recsys.models.base import TrainingGraph, find_sorted
+from recsys.models.base import TrainingGraph, find_sorted, rows
 from recsys.models.semantic import warm_mask
 
 
@@ -257,12 +257,14 @@ def batch_with_transition(
         return user, pos, neg, []
     users, items = batch["users"], batch["pos_items"]
     t_u, t_i = block.pair_vectors(users, items, codes), block.item_vectors(codes)
-    user, pos = torch.cat([user, t_u], -1), torch.cat([pos, t_i[items]], -1)
-    reg = [t_u, t_i[items]]
+    t_pos = rows(t_i, items)
+    user, pos = torch.cat([user, t_u], -1), torch.cat([pos, t_pos], -1)
+    reg = [t_u, t_pos]
     if neg is not None:
         neg_items = batch["neg_items"] if neg.dim() == 3 else batch["neg_items"][:, 0]
-        neg = torch.cat([neg, t_i[neg_items]], -1)
-        reg.append(t_i[neg_items].reshape(-1, t_i.shape[1]))
+        t_neg = rows(t_i, neg_items)
+        neg = torch.cat([neg, t_neg], -1)
+        reg.append(t_neg.reshape(-1, t_i.shape[1]))
     return user, pos, neg, reg
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -29,7 +29,10 @@ class TrainerConfig(StrictModel):
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_threads: int | None = None
-    check_val_every_n_epoch: int = 1
+    # "auto": validate every n epochs, n sized so that validation costs about a fifth of
+    # the training between validations, whatever the data's size
+    # (recsys.train.stopping.validation_interval); an int: every that many epochs.
+    check_val_every_n_epoch: int | Literal["auto"] = Field(1)
     progress_bar: bool = True
     monitor: str = "ndcg@10"
     deterministic: bool = True

@@ -23,8 +23,10 @@ class RecommenderModule(L.LightningModule):
         candidates: np.ndarray | None,
         ks: tuple[int, ...],
         eval_batch_size: int,
+        monitor: str = "ndcg@10",
     ) -> None:
         super().__init__()
+        self.monitor = monitor  # the valid metric that selects and stops
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
         self.valid_truth, self.valid_exclude = valid_truth, valid_exclude
@@ -76,10 +78,17 @@ class RecommenderModule(L.LightningModule):
             ks=self.ks,
             candidates=self.candidates,
             batch_size=self.eval_batch_size,
+            with_mrr=self.monitor == "mrr",  # a second pass over every score otherwise
         )
         for name, value in metrics.items():
             if name != "n_users":
                 self.log(f"val/{name}", float(value), prog_bar=name == "ndcg@10")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = list(self.parameters())
+        # One fused kernel for all parameters (CPU and CUDA): the per-tensor update's
+        # passes over the embedding tables were ~8% of a LightGCN step on Beauty.
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        return torch.optim.Adam(
+            params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
+        )

@@ -37,7 +37,7 @@ from recsys.train.datamodule import InteractionDataModule
 from recsys.train.ema import ParameterEMA
 from recsys.train.module import RecommenderModule
 from recsys.train.rng import GlobalRandomState
-from recsys.train.stopping import WarmupEarlyStopping, stopping_patience
+from recsys.train.stopping import WarmupEarlyStopping, stopping_patience, validation_interval
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,7 @@ def fit(
         dataset.candidates.get("valid"),
         tuple(config.eval.ks),
         config.eval.batch_size,
+        tc.monitor,
     )
     train_users, train_items = dataset.pairs(TRAIN)
     datamodule = InteractionDataModule(
@@ -210,9 +211,15 @@ def fit(
     )
     clock = EpochClock()
     steps_per_epoch = -(-len(train_users) // tc.sampling.batch_size)  # PairBatches' length
-    patience = stopping_patience(
-        tc.patience, tc.patience_steps, steps_per_epoch, tc.check_val_every_n_epoch
+    candidates = dataset.candidates.get("valid")
+    check_every = validation_interval(
+        tc.check_val_every_n_epoch,
+        int((valid_truth.getnnz(axis=1) > 0).sum()),
+        dataset.n_items if candidates is None else len(candidates),
+        len(train_users),
+        tc.max_epochs,
     )
+    patience = stopping_patience(tc.patience, tc.patience_steps, steps_per_epoch, check_every)
     stop = WarmupEarlyStopping(monitor, patience=patience, mode="max", min_steps=tc.min_steps)
     trainer = lightning_trainer(
         config,
@@ -220,7 +227,7 @@ def fit(
         tc.max_epochs,
         [checkpoint, stop, clock, *(callbacks or [])],
         log_version="",
-        check_val_every_n_epoch=tc.check_val_every_n_epoch,
+        check_val_every_n_epoch=check_every,
     )
     # CSVLogger deletes an existing metrics.csv: keep the interrupted run's curves in a
     # file of their own until this phase ends, so that a second crash loses none of them.
@@ -248,6 +255,7 @@ def fit(
         "resumed": resume is not None,
         "epoch_seconds": clock.epoch_seconds,  # training only, one per epoch
         "valid_seconds": clock.valid_seconds,  # one per validation
+        "validation_interval": check_every,  # epochs
     }
 
 

@@ -18,6 +18,26 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 
+# Scored (user, item) entries a validation may cost per training pair of the epochs before
+# it. Measured on Beauty ratio-811, one thread (bench/speed.py): full-ranking validation
+# costs ~7 ns an entry at dim 64 (~20 ns at DAS's 257), a training epoch ~5.5 us a pair for
+# LightGCN (~16 us for DAS): 150 entries a pair keeps validation near 20% of training.
+VALID_SCORES_PER_TRAIN_PAIR = 150
+
+
+def validation_interval(
+    setting: int | str, eval_users: int, n_items: int, n_train: int, max_epochs: int
+) -> int:
+    """Epochs between validations: ``setting`` itself, or for ``"auto"`` the fewest epochs
+    whose training pairs pay for one validation's ``eval_users × n_items`` scores at
+    :data:`VALID_SCORES_PER_TRAIN_PAIR` (1 on MovieLens, ~13 on Amazon Beauty), at most
+    ``max_epochs`` so that a run validates at least once."""
+    if setting != "auto":
+        return int(setting)
+    scores = eval_users * n_items
+    epochs = -(-scores // max(1, VALID_SCORES_PER_TRAIN_PAIR * n_train))
+    return max(1, min(int(epochs), max_epochs))
+
 
 def stopping_patience(
     patience: int, patience_steps: int | None, steps_per_epoch: int, check_every: int = 1

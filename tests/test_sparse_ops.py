@@ -1,0 +1,115 @@
+"""The training fast paths against plain torch references: fixed-sparse products (scipy on
+few threads, torch otherwise), row gathers, and the ranker's cheaper checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys.eval.ranking import _has_nan, evaluate
+from recsys.models import graph as graph_ops
+from recsys.models.base import dot_scores, rows
+from recsys.models.graph import normalized_adjacency, sparse_matmul, symmetric_spmm
+
+
+def random_pairs(seed: int = 0, n_users: int = 30, n_items: int = 20, n: int = 150):
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(0, n_users * n_items, n))
+    return keys // n_items, keys % n_items, n_users, n_items
+
+
+@pytest.fixture(params=["scipy", "torch"])
+def kernel(request, monkeypatch):
+    if request.param == "torch":  # more threads than scipy takes
+        monkeypatch.setattr(graph_ops, "SCIPY_MAX_THREADS", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+def test_sparse_matmul_matches_the_dense_product_and_its_gradient(kernel, layout):
+    users, items, n_users, n_items = random_pairs()
+    values = torch.rand(len(users))
+    dense = torch.zeros(n_users, n_items)
+    dense[users, items] = values
+    matrix = dense.to_sparse_csr() if layout == "csr" else dense.to_sparse_coo()
+    x = torch.randn(n_items, 5, requires_grad=True)
+    upstream = torch.randn(n_users, 5)
+    (sparse_matmul(matrix, x) * upstream).sum().backward()
+    got_grad = x.grad.clone()
+    x.grad = None
+    want = dense @ x
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(sparse_matmul(matrix, x).detach(), want.detach())
+    torch.testing.assert_close(got_grad, x.grad)
+
+
+def test_symmetric_spmm_matches_the_dense_product_and_its_gradient(kernel):
+    users, items, n_users, n_items = random_pairs(1)
+    adj = normalized_adjacency(users, items, n_users, n_items)
+    dense = adj.to_dense()
+    assert torch.equal(dense, dense.T)
+    x = torch.randn(n_users + n_items, 4, requires_grad=True)
+    upstream = torch.randn_like(x)
+    (symmetric_spmm(adj, x) * upstream).sum().backward()
+    got_grad = x.grad.clone()
+    x.grad = None
+    ((dense @ x) * upstream).sum().backward()
+    torch.testing.assert_close(symmetric_spmm(adj, x).detach(), (dense @ x).detach())
+    torch.testing.assert_close(got_grad, x.grad)
+
+
+def test_the_scipy_kernel_gives_torchs_products_bit_for_bit(monkeypatch):
+    users, items, n_users, n_items = random_pairs(2, 200, 150, 3000)
+    adj = normalized_adjacency(users, items, n_users, n_items)
+    x = torch.randn(n_users + n_items, 16)
+    fast = symmetric_spmm(adj, x)
+    monkeypatch.setattr(graph_ops, "SCIPY_MAX_THREADS", 0)
+    assert torch.equal(fast, symmetric_spmm(adj, x))
+
+
+def test_a_moved_matrix_never_reuses_a_stale_scipy_copy():
+    dense = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    first = dense.to_sparse_csr()
+    x = torch.ones(2, 1)
+    assert sparse_matmul(first, x).flatten().tolist() == [1.0, 2.0]
+    second = (dense * 3).to_sparse_csr()  # a rebuilt matrix is a new tensor: a new copy
+    assert sparse_matmul(second, x).flatten().tolist() == [3.0, 6.0]
+
+
+def test_rows_gathers_like_indexing_with_the_same_gradient():
+    table = torch.randn(7, 3, requires_grad=True)
+    index = torch.tensor([[0, 6], [6, 2], [3, 3]])
+    upstream = torch.randn(3, 2, 3)
+    (rows(table, index) * upstream).sum().backward()
+    got = table.grad.clone()
+    table.grad = None
+    (table[index] * upstream).sum().backward()
+    assert torch.equal(rows(table, index), table[index])
+    torch.testing.assert_close(got, table.grad)
+
+
+def test_nan_check_accepts_both_infinities_and_finds_a_nan():
+    inf = float("inf")
+    assert not _has_nan(torch.tensor([[inf, -inf, 0.0], [1.0, 2.0, 3.0]]))
+    assert _has_nan(torch.tensor([[inf, -inf, 0.0], [1.0, float("nan"), 3.0]]))
+    assert _has_nan(torch.tensor([[float("nan"), inf, -inf]]))
+
+
+def test_fresh_scores_and_skipping_mrr_change_no_metric():
+    rng = np.random.default_rng(3)
+    user = torch.from_numpy(rng.integers(-2, 3, (40, 4)).astype(np.float32))  # many ties
+    item = torch.from_numpy(rng.integers(-2, 3, (25, 4)).astype(np.float32))
+    truth = sp.random(40, 25, density=0.1, random_state=4, format="csr")
+    exclude = sp.random(40, 25, density=0.2, random_state=5, format="csr")
+
+    def copying(users: torch.Tensor) -> torch.Tensor:  # not marked fresh: the ranker copies
+        return user[users] @ item.T
+
+    want = evaluate(copying, truth, exclude, ks=(1, 5, 10), batch_size=7)
+    fast = dot_scores(user, item)
+    assert fast.fresh_scores
+    assert evaluate(fast, truth, exclude, ks=(1, 5, 10), batch_size=7) == want
+    without = evaluate(fast, truth, exclude, ks=(1, 5, 10), batch_size=7, with_mrr=False)
+    assert without == {k: v for k, v in want.items() if k != "mrr"}
