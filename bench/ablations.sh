@@ -12,7 +12,7 @@
 # RESUME=1: keep the runs that already finished with the same config and data, resume the
 # interrupted ones, train the rest (after a crash, or to add seeds to a table); without
 # it every run is retrained from scratch.
-# The das*.yaml configs come from configs/das.yaml (bench/make_ablation_configs.py).
+# The das*.yaml configs are configs/das.yaml (their base:) minus one part each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -23,10 +23,10 @@ if [ -n "${SEEDS:-}" ]; then read -ra seeds <<< "$SEEDS"; else seeds=(""); fi
 # the seed each config trains with when no override names one (one Python for all)
 declare -A config_seed
 if [ -n "${SEEDS:-}" ]; then
-  seeds_of_configs=$("$PYTHON" -c 'import sys, yaml
-from recsys.train.config import parse_run_config
+  seeds_of_configs=$("$PYTHON" -c 'import sys
+from recsys.train.config import load_run_config
 for path in sys.argv[1:]:
-    print(path, parse_run_config(yaml.safe_load(open(path))).seed)' configs/ablations/*.yaml)
+    print(path, load_run_config(path).seed)' configs/ablations/*.yaml)
   while read -r config seed; do config_seed[$config]=$seed; done <<< "$seeds_of_configs"
 fi
 

@@ -11,7 +11,8 @@ Layout of ``runs/<name>/``::
     candidates_<split>.npy ranking candidates when restricted (cold-10: cold items)
     embeddings/users.npy   (n_users, D) float32 final representations
     embeddings/items.npy   (n_items, D) float32; score = users @ items.T
-    item_encoder/          how to embed a new item from its content (models that can)
+    item_encoder/          how to embed a new item from its content (models that can;
+                           recsys.item_encoder)
     history_query/         how to query for a user known only by their items (models
                            that say so; recsys.serve.history)
     semantic_ids/items.parquet  item_id, c0..c{L-1} (codes), suffix (disambiguation)

@@ -2,11 +2,18 @@
 
 Each component defines its own config model next to itself (``DataConfig`` in
 ``recsys.data``, ``LightGCNConfig`` in ``recsys.models.lightgcn`` ...); this module only
-holds the strict base class, YAML loading and dotted ``a.b=value`` overrides.
+holds the strict base class, YAML loading (with ``base:`` composition) and dotted
+``a.b=value`` overrides.
+
+A config file may name the file(s) it builds on: ``base: ../das.yaml`` (relative to the
+file that names it; a list composes several, in order).  It then states only what
+differs: mappings merge key by key, recursively, the file's own values winning; lists,
+scalars and ``null`` replace the base's value.  A base may have its own base.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +32,46 @@ class StrictModel(BaseModel):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """The config mapping in ``path``, composed over its ``base:`` files (no ``base`` key)."""
+    return _compose(Path(path), ())
+
+
+def merge_configs(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge recursively, ``over``'s values win;
+    anything else in ``over`` (lists, scalars, ``None``) replaces.  Inputs are not mutated."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _compose(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """``path``'s mapping over its bases; ``chain``: the files that led here, to name a cycle."""
+    raw = _read_yaml(path)
+    if "base" not in raw:
+        return raw
+    names = raw.pop("base")
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{path}: base must be a file name or a list of file names")
+    chain = (*chain, path)
+    out: dict[str, Any] = {}
+    for name in names:
+        target = path.parent / name
+        if not target.is_file():
+            raise ConfigError(f"{path}: base file not found: {target}")
+        seen = [p.resolve() for p in chain]
+        if target.resolve() in seen:
+            cycle = " -> ".join(map(str, (*chain[seen.index(target.resolve()) :], target)))
+            raise ConfigError(f"{path}: base {name} is a cycle: {cycle}")
+        out = merge_configs(out, _compose(target, chain))
+    return merge_configs(out, raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

@@ -34,6 +34,20 @@ def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
+    """``data`` under ``path``; ``durable``: flushed to the disk before the rename (a
+    manifest whose files must exist after a power cut, not just after a crash)."""
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    _atomic(path, write)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(path, lambda p: p.write_text(text))
 
@@ -49,6 +63,6 @@ def atomic_write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
 def atomic_write_npy(path: str | Path, array: np.ndarray) -> None:
     def write(p: Path) -> None:
         with open(p, "wb") as fh:
-            np.save(fh, array)
+            np.save(fh, array, allow_pickle=False)
 
     _atomic(path, write)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recsys.train.config import load_run_config
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["ablations.sh", "run_configs.sh", "runs_table.py", "seeds_table.py"]
 
@@ -22,8 +24,9 @@ SCRIPTS = ["ablations.sh", "run_configs.sh", "runs_table.py", "seeds_table.py"]
 # FAIL_NAME.  Valid NDCG@10 is a known function of the config and the seed.
 FAKE_RECSYS = """
 import json, os, sys, pathlib, yaml
+from recsys.config import load_yaml
 args = sys.argv[2:]
-config = yaml.safe_load(open(args[args.index("-c") + 1]))
+config = load_yaml(args[args.index("-c") + 1])  # composed over its base: files
 for item in args:
     if "=" in item:
         key, value = item.split("=", 1)
@@ -49,11 +52,13 @@ metrics = {"dataset": config["data"]["dataset"], "split": config["data"]["split"
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the bench scripts and two ablation configs, with the stand-in recsys."""
+    """A copy of the bench scripts and two ablation configs (and configs/das.yaml, their
+    base), with the stand-in recsys."""
     (tmp_path / "bench").mkdir()
     for name in SCRIPTS:
         shutil.copy(REPO / "bench" / name, tmp_path / "bench" / name)
     (tmp_path / "configs" / "ablations").mkdir(parents=True)
+    shutil.copy(REPO / "configs" / "das.yaml", tmp_path / "configs")
     for name in ["das.yaml", "das-no-align.yaml"]:
         shutil.copy(REPO / "configs" / "ablations" / name, tmp_path / "configs" / "ablations")
     fake = tmp_path / "fake_recsys"
@@ -79,7 +84,7 @@ def _section(doc: Path, section: str) -> str:
 
 
 def test_seeds_train_every_config_and_table_averages_them(project):
-    seed = yaml.safe_load((REPO / "configs" / "ablations" / "das.yaml").read_text())["seed"]
+    seed = load_run_config(str(REPO / "configs" / "ablations" / "das.yaml")).seed
     done = _run(project, SEEDS=f"{seed} 1 2", JOBS="2")
     assert done.returncode == 0, done.stderr
     runs = {p.name for p in (project / "runs").iterdir()}

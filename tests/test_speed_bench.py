@@ -29,3 +29,19 @@ def test_summary_takes_the_median_after_the_first_epoch():
     assert out["seconds_per_epoch"] == 3.0  # median of 2, 4, 3: the first (warm-up) left out
     assert out["first_eval_seconds_from_start"] == 9.5
     assert speed.summarise([5.0], [1.0])["seconds_per_epoch"] == 5.0
+
+
+def test_profile_step_reports_the_top_operators_of_an_epoch():
+    """bench/profile_step.py on the built-in dataset: one row per operator, shares of the
+    profiled epoch in decreasing order, LightGCN's propagation among them."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(REPO / "bench" / "profile_step.py"), "configs/lightgcn.yaml",
+           "--epochs", "2", "--batch-size", "16384", "--dim", "16", "--top", "5"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    assert len(result["epoch_seconds"]) == 2 and result["steps_per_epoch"] >= 1
+    shares = [row["share"] for row in result["top_ops"]]
+    assert len(shares) == 5 and shares == sorted(shares, reverse=True) and sum(shares) <= 1.0
+    assert any("SparseMatmul" in row["op"] for row in result["top_ops"])

@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
+
+from recsys.io import atomic_write_bytes, atomic_write_npy, atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -105,43 +105,6 @@ class Encoder(Protocol):
     def encode(self, payloads: Sequence[Any]) -> np.ndarray: ...
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_index(path: Path, hashes: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pd.DataFrame({"content_hash": pd.Series(hashes, dtype=object)}).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class FeatureCache:
     """Per-encoder, content-addressed store of feature rows (see module docstring)."""
 
@@ -183,15 +146,18 @@ class FeatureCache:
             except (OSError, json.JSONDecodeError):
                 old = None
         gen = uuid.uuid4().hex[:12]
-        _atomic_save_npy(self.folder / f"matrix-{gen}.npy", np.ascontiguousarray(matrix))
-        _atomic_save_index(self.folder / f"index-{gen}.parquet", hashes)
+        atomic_write_npy(self.folder / f"matrix-{gen}.npy", np.ascontiguousarray(matrix))
+        index = pd.DataFrame({"content_hash": pd.Series(hashes, dtype=object)})
+        atomic_write_parquet(index, self.folder / f"index-{gen}.parquet")
         manifest = {
             "generation": gen,
             "rows": int(matrix.shape[0]),
             "dim": int(matrix.shape[1]),
             "fingerprint": self.fingerprint.to_json(),
         }
-        atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode("utf-8"))
+        atomic_write_bytes(
+            manifest_path, json.dumps(manifest, indent=2).encode("utf-8"), durable=True
+        )
         if old and old != gen:
             for stale in (f"matrix-{old}.npy", f"index-{old}.parquet"):
                 (self.folder / stale).unlink(missing_ok=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,9 @@ from pydantic import Field, model_validator
 
 from recsys.config import StrictModel
 from recsys.errors import ArtifactError, DataError
-from recsys.features.cache import atomic_write_bytes
 from recsys.features.text import check_columns
+from recsys.features.values import is_missing
+from recsys.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +81,6 @@ class TabularConfig(StrictModel):
         return self
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    if isinstance(value, float | np.floating):
-        return math.isnan(value)
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, list | tuple | np.ndarray):
-        return len(value) == 0
-    return False
-
-
 def _is_listlike(value: Any) -> bool:
     return isinstance(value, list | tuple | np.ndarray)
 
@@ -123,7 +111,7 @@ class TabularEncoder:
 
     # -- value parsing -------------------------------------------------------------------
     def _multi_tokens(self, field: str, value: Any) -> list[str]:
-        if _is_missing(value):
+        if is_missing(value):
             return []
         if isinstance(value, str):
             sep = self.config.separators.get(field, self.config.separator)
@@ -131,10 +119,10 @@ class TabularEncoder:
         elif _is_listlike(value):
             tokens = []
             for element in value:
-                if _is_missing(element):
+                if is_missing(element):
                     continue
                 if _is_listlike(element):  # a category path: every prefix is a token
-                    path = [_token(p) for p in element if not _is_missing(p)]
+                    path = [_token(p) for p in element if not is_missing(p)]
                     tokens += [
                         self.config.path_separator.join(path[: k + 1]) for k in range(len(path))
                     ]
@@ -150,7 +138,7 @@ class TabularEncoder:
             return [self._multi_tokens(field, v) for v in values]
         out = []
         for row, value in enumerate(values):
-            if _is_missing(value):
+            if is_missing(value):
                 out.append([])
             elif _is_listlike(value) or isinstance(value, dict):
                 raise DataError(
@@ -167,7 +155,7 @@ class TabularEncoder:
         raw = items[field]
         fmt = self.config.dates[field]
         parsed = pd.to_datetime(raw, format=fmt, errors="coerce")
-        blank = raw.map(_is_missing).to_numpy(dtype=bool)
+        blank = raw.map(is_missing).to_numpy(dtype=bool)
         bad = ~blank & parsed.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])

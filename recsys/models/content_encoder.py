@@ -19,8 +19,8 @@ import pandas as pd
 
 from recsys.features.pipeline import FeaturesConfig, ItemFeatures, build_item_features
 from recsys.features.tabular import TabularEncoder
+from recsys.item_encoder import register_item_encoder
 from recsys.models.content import content_item_matrix, fill_vectors, raw_feature_matrix
-from recsys.serve.content import register_item_encoder
 
 
 def write_content_vectors(folder: Path, features: ItemFeatures, features_config) -> dict:

@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys.item_encoder import register_item_encoder
 from recsys.models.content import raw_feature_matrix
 from recsys.models.content_encoder import ContentVectors
-from recsys.models.das import BlockTransform, SemanticTower
+from recsys.models.das.inputs import BlockTransform
+from recsys.models.das.towers import SemanticTower
 from recsys.models.fusion import FusionConfig
 from recsys.models.quantizer import QuantizerConfig
 from recsys.models.transition import new_item_transition, transition_code_tables
-from recsys.serve.content import register_item_encoder
 
 
 class DASItemEncoder:

@@ -55,8 +55,3 @@ def semantic_id_table(codes: Tensor, codebook_size: int) -> tuple[np.ndarray, di
     stats["levels"] = int(codes.shape[1])
     stats["max_suffix"] = int(sids[:, -1].max()) if len(sids) else 0
     return sids, stats
-
-
-def warm_mask(graph: TrainingGraph) -> Tensor:
-    """``(n_items,)`` float: 1 for items with a training interaction, 0 for cold ones."""
-    return torch.as_tensor(graph.item_counts() > 0, dtype=torch.float32)

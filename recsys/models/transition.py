@@ -25,8 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from recsys.config import StrictModel
-from recsys.models.base import TrainingGraph, find_sorted, rows
-from recsys.models.semantic import warm_mask
+from recsys.models.base import TrainingGraph, find_sorted, rows, warm_mask
 
 
 class TransitionFields(StrictModel):

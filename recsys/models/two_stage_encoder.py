@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.item_encoder import register_item_encoder
 from recsys.models.content_encoder import ContentVectors
 from recsys.models.quantizer import load_quantizer
 from recsys.models.transition import new_item_transition, transition_code_tables
-from recsys.serve.content import register_item_encoder
 
 
 class TwoStageItemEncoder:

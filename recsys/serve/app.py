@@ -44,8 +44,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.artifacts import RunFolder
 from recsys.errors import RecsysError
+from recsys.item_encoder import ItemContentEncoder, content_fields
 from recsys.serve.config import ServeConfig
-from recsys.serve.content import ItemContentEncoder, content_fields
 from recsys.serve.metrics import Metrics, ObservabilityMiddleware
 from recsys.serve.schemas import (
     Error,

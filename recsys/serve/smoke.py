@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from recsys.artifacts import RunFolder
-from recsys.serve.content import content_fields
+from recsys.item_encoder import content_fields
 
 
 def call(url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:

@@ -45,13 +45,9 @@ from recsys.errors import DataError, RecsysError
 from recsys.index.faiss_index import ItemIndex, load_or_build
 from recsys.index.fingerprint import run_fingerprint
 from recsys.index.semantic import SemanticIds
+from recsys.item_encoder import ItemContentEncoder, content_fields, load_item_encoder
 from recsys.serve.config import ServeConfig
-from recsys.serve.content import (
-    ItemContentEncoder,
-    content_fields,
-    content_frame,
-    load_item_encoder,
-)
+from recsys.serve.content import content_frame
 from recsys.serve.history import HistoryQuery
 from recsys.serve.journal import AddJournal, AddRecord, stale_journal_run
 from recsys.serve.schemas import ItemContent

@@ -26,8 +26,25 @@ class TrainerConfig(StrictModel):
     lr: float = 1e-3
     weight_decay: float = 0.0
     sampling: SamplingConfig = SamplingConfig()
+    # Lightning's own: accelerator (cpu, gpu, auto), devices per node, nodes, and the
+    # strategy that runs them (auto: one process; ddp_spawn / ddp: one process per device,
+    # each training on its share of the batches, gradients averaged; on CPU over gloo).
     accelerator: str = "auto"
     devices: int | str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        # Lightning's "ddp" re-runs the command in every other process, which would train
+        # into the same run folder again: the processes are started from the run instead.
+        if value.startswith("ddp") and not value.startswith(("ddp_spawn", "ddp_fork")):
+            raise ValueError(
+                f"{value!r} re-runs the command in each process; use 'ddp_spawn' (the same"
+                " data-parallel training, processes started by the run)"
+            )
+        return value
     num_threads: int | None = None
     # "auto": validate every n epochs, n sized so that validation costs about a fifth of
     # the training between validations, whatever the data's size

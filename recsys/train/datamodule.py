@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from recsys.config import StrictModel
+from recsys.train.distributed import shard_batches
 
 
 class SamplingConfig(StrictModel):
@@ -71,6 +72,8 @@ class PairBatches(IterableDataset):
         sampler: NegativeSampler,
         config: SamplingConfig,
         seed: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.users, self.items, self.sampler, self.config, self.seed = (
             users,
@@ -79,16 +82,27 @@ class PairBatches(IterableDataset):
             config,
             seed,
         )
+        self.rank, self.world = rank, world  # this process's share (recsys.train.distributed)
 
     def __len__(self) -> int:
+        return len(shard_batches(self._n_batches(), self.rank, self.world))
+
+    def _n_batches(self) -> int:
         return -(-len(self.users) // self.config.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(self.users))
         bs = self.config.batch_size
-        for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
+        # Every process draws the same permutation and takes its own batches. One process:
+        # the negatives continue the permutation's generator, as every earlier run drew
+        # them; several: one generator per batch, so that a batch does not depend on which
+        # process trains it.
+        batch_seeds = rng.integers(0, 2**63 - 1, size=self._n_batches()) if self.world > 1 else None
+        for number in shard_batches(self._n_batches(), self.rank, self.world):
+            idx = order[number * bs : (number + 1) * bs]
+            if batch_seeds is not None:
+                rng = np.random.default_rng(batch_seeds[number])
             users = self.users[idx]
             batch = {
                 "users": torch.from_numpy(users),
@@ -122,9 +136,12 @@ class InteractionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         dataset = PairBatches(
-            self.users, self.items, self.sampler, self.config, self.seed * 100003 + epoch
-        )
+            self.users, self.items, self.sampler, self.config, self.seed * 100003 + epoch,
+            rank, world,
+        )  # fmt: skip
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:

@@ -44,6 +44,7 @@ class RecommenderModule(L.LightningModule):
                 on_epoch=True,
                 batch_size=n,
                 prog_bar=name == "loss",
+                sync_dist=True,  # several processes: the mean over all of them
             )
         return losses["loss"]
 
@@ -82,7 +83,8 @@ class RecommenderModule(L.LightningModule):
         )
         for name, value in metrics.items():
             if name != "n_users":
-                self.log(f"val/{name}", float(value), prog_bar=name == "ndcg@10")
+                # every process ranks the same weights: the same value everywhere
+                self.log(f"val/{name}", float(value), prog_bar=name == "ndcg@10", sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.parameters())

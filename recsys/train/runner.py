@@ -34,6 +34,7 @@ from recsys.models.base import Recommender, dot_scores, frozen_embeddings, model
 from recsys.train.clock import EpochClock
 from recsys.train.config import RunConfig, parse_run_config
 from recsys.train.datamodule import InteractionDataModule
+from recsys.train.distributed import AtomicCheckpointIO, FitFacts, ThreadCount
 from recsys.train.ema import ParameterEMA
 from recsys.train.module import RecommenderModule
 from recsys.train.rng import GlobalRandomState
@@ -148,13 +149,15 @@ def lightning_trainer(
     """The Lightning trainer both training phases use (logs under ``logs/<version>``)."""
     tc = config.trainer
     # a resumed run continues the interrupted one's random draws, not fresh ones
-    callbacks = [*callbacks, GlobalRandomState()]
+    callbacks = [*callbacks, GlobalRandomState(), ThreadCount(tc.num_threads)]
     if tc.ema_decay is not None:
         callbacks = [*callbacks, ParameterEMA(tc.ema_decay)]
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator=tc.accelerator,
         devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
         deterministic=tc.deterministic,
         callbacks=callbacks,
         logger=CSVLogger(run.root, name="logs", version=log_version),
@@ -163,6 +166,7 @@ def lightning_trainer(
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
+        plugins=[AtomicCheckpointIO()],
         **options,
     )
 
@@ -221,11 +225,13 @@ def fit(
     )
     patience = stopping_patience(tc.patience, tc.patience_steps, steps_per_epoch, check_every)
     stop = WarmupEarlyStopping(monitor, patience=patience, mode="max", min_steps=tc.min_steps)
+    facts_path = run.checkpoint_dir / "fit.json"
+    facts = FitFacts(facts_path, checkpoint, clock)
     trainer = lightning_trainer(
         config,
         run,
         tc.max_epochs,
-        [checkpoint, stop, clock, *(callbacks or [])],
+        [checkpoint, stop, clock, facts, *(callbacks or [])],
         log_version="",
         check_val_every_n_epoch=check_every,
     )
@@ -236,20 +242,29 @@ def fit(
     if resume and log_file.exists():
         atomic_write_text(kept, merged_curves([kept, log_file]).to_csv(index=False))
     start = time.perf_counter()
+    facts_path.unlink(missing_ok=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     seconds = clock.before + time.perf_counter() - start
+    epochs, best_path, best_score = (
+        trainer.current_epoch, checkpoint.best_model_path, checkpoint.best_model_score
+    )  # fmt: skip
+    if trainer.world_size > 1:  # the fit ran in other processes: their facts
+        ran = json.loads(facts_path.read_text())
+        epochs, best_path, best_score = (
+            ran["epochs"], ran["best_model_path"], ran["best_model_score"]
+        )  # fmt: skip
+        clock.load_state_dict(ran["clock"])
+        seconds = clock.before
+    facts_path.unlink(missing_ok=True)  # the run folder holds what it always held
     if kept.exists() and log_file.exists():
         atomic_write_text(log_file, merged_curves([kept, log_file]).to_csv(index=False))
         kept.unlink()
-    best_path = checkpoint.best_model_path or str(run.checkpoint_dir / "best.ckpt")
-    state = load_checkpoint_weights(model, best_path)
+    state = load_checkpoint_weights(model, best_path or str(run.checkpoint_dir / "best.ckpt"))
     best_epoch = int(state["epoch"])
     return {
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "best_epoch": best_epoch + 1,
-        "best_valid": float(checkpoint.best_model_score)
-        if checkpoint.best_model_score is not None
-        else None,
+        "best_valid": float(best_score) if best_score is not None else None,
         "train_seconds": round(seconds, 2),
         "seconds_to_best": round(clock.times[best_epoch], 2) if best_epoch in clock.times else None,
         "resumed": resume is not None,
@@ -290,6 +305,9 @@ def refit(
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     seconds = clock.before + time.perf_counter() - start
+    if trainer.world_size > 1:  # trained in other processes: the last epoch's weights
+        state = load_checkpoint_weights(model, last)
+        seconds = float(state["callbacks"]["EpochClock"]["seconds"])
     return model, {"epochs": epochs, "train_seconds": round(seconds, 2)}
 
 

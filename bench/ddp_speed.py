@@ -1,0 +1,75 @@
+"""Training throughput in one process against several (Lightning's ddp_spawn over gloo).
+
+    python bench/ddp_speed.py --config configs/bench/lightgcn-beauty-ratio811.yaml \\
+        --devices 1,2 --epochs 4 > ddp.json
+
+Trains the config for a fixed number of epochs (no early stopping, no refit) once per
+``--devices`` value, one thread per process, one run after the other, and prints JSON per
+run: training samples per second (training pairs / the median epoch after the first;
+validation excluded), the epoch seconds, and the speed-up over the first run. Each process
+of an N-process run takes its share of every epoch's batches (``recsys.train.distributed``),
+so an epoch is one pass over the training pairs whatever N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/bench/lightgcn-beauty-ratio811.yaml")
+    parser.add_argument("--devices", default="1,2")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("overrides", nargs="*", help="more key=value overrides")
+    args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="recsys-ddp-") as tmp:
+        for devices in (int(d) for d in args.devices.split(",")):
+            name = f"ddp{devices}"
+            cmd = [sys.executable, "-m", "recsys.cli", "train", "-c", args.config,
+                   f"name={name}", f"output_dir={tmp}", f"trainer.max_epochs={args.epochs}",
+                   f"trainer.patience={args.epochs}", "trainer.refit=false",
+                   "trainer.num_threads=1", "trainer.accelerator=cpu",
+                   f"trainer.devices={devices}",
+                   f"trainer.strategy={'ddp_spawn' if devices > 1 else 'auto'}",
+                   *args.overrides, "--fresh", "--no-progress", "--brief"]  # fmt: skip
+            subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+            metrics = json.loads((Path(tmp) / name / "metrics.json").read_text())
+            epochs = metrics["training"]["epoch_seconds"]
+            median = statistics.median(epochs[1:] or epochs)
+            n_train = _train_pairs(Path(tmp) / name)
+            results.append({
+                "devices": devices, "epoch_seconds": epochs, "seconds_per_epoch": median,
+                "samples_per_second": round(n_train / median, 1),
+                "valid_ndcg@10": metrics["valid"]["ndcg@10"],
+            })  # fmt: skip
+            print(json.dumps(results[-1]), file=sys.stderr)
+    base = results[0]["samples_per_second"]
+    for r in results:
+        r["speedup"] = round(r["samples_per_second"] / base, 3)
+    print(json.dumps({
+        "config": args.config, "epochs": args.epochs, "threads_per_process": 1,
+        "machine": {"cores": os.cpu_count()}, "runs": results,
+    }, indent=2))  # fmt: skip
+
+
+def _train_pairs(run: Path) -> int:
+    import pandas as pd
+
+    labels = pd.read_parquet(run / "interactions.parquet", columns=["label"])["label"]
+    return int((labels == 0).sum())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Where a training epoch's time goes: the top operators of one epoch, as JSON.
+
+    python bench/profile_step.py configs/bench/lightgcn-beauty-ratio811.yaml --threads 1 \\
+        --batch-size 8192 --dim 64 --top 10
+
+Builds the config's model on its dataset (the data and feature caches as ``recsys train``
+uses them), then trains ``--epochs`` epochs the way the Lightning module does (the same
+batches, deterministic algorithms, the module's optimiser), without Lightning itself or
+validation: the model's own cost. The last epoch runs under ``torch.profiler``; prints the
+epochs' seconds and the ``--top`` operators by self CPU time (share of the profiled epoch,
+calls). Run it from the commit before a change and after it for a before/after table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--epochs", type=int, default=3, help="the last one is profiled")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--top", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)  # as trainer.deterministic (the default)
+
+    from recsys.data.dataset import load_dataset
+    from recsys.data.splits import TRAIN
+    from recsys.models import TrainingGraph, build_model
+    from recsys.models.base import model_spec
+    from recsys.train import runner
+    from recsys.train.config import load_run_config
+    from recsys.train.datamodule import InteractionDataModule, PairBatches
+    from recsys.train.module import RecommenderModule
+
+    config = load_run_config(
+        args.config, [f"trainer.sampling.batch_size={args.batch_size}", f"model.dim={args.dim}"]
+    )
+    dataset = load_dataset(config.data)
+    users, items = dataset.pairs(TRAIN)
+    graph = TrainingGraph(dataset.n_users, dataset.n_items, users, items)
+    spec = model_spec(config.model.kind)
+    if spec.build.needs_item_features:
+        graph.item_features, graph.features_config = runner.item_features(dataset, config)
+    if spec.build.needs_user_features:
+        graph.user_features = runner.user_features(dataset)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, graph)
+    module = RecommenderModule(model, config.trainer.lr, config.trainer.weight_decay,
+                               None, None, None, (), 1)  # fmt: skip
+    optimizer = module.configure_optimizers()
+    data = InteractionDataModule(users, items, dataset.n_items, config.trainer.sampling, 0)
+
+    def epoch(index: int) -> float:
+        model.on_train_epoch_start(index)
+        start = time.perf_counter()
+        batches = PairBatches(data.users, data.items, data.sampler, config.trainer.sampling,
+                              config.seed * 100003 + index)  # fmt: skip
+        for batch in batches:
+            loss = model.loss(batch)["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.after_epoch_steps()
+        return time.perf_counter() - start
+
+    seconds = [round(epoch(i), 3) for i in range(args.epochs - 1)]
+    with torch.profiler.profile() as profiler:
+        seconds.append(round(epoch(args.epochs - 1), 3))
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
+    print(json.dumps({
+        "config": args.config, "threads": args.threads, "batch_size": args.batch_size,
+        "dim": args.dim, "steps_per_epoch": -(-len(users) // args.batch_size),
+        "epoch_seconds": seconds,
+        "top_ops": [
+            {"op": e.key, "self_seconds": round(e.self_cpu_time_total / 1e6, 3),
+             "share": round(e.self_cpu_time_total / total, 3), "calls": e.count}
+            for e in top
+        ],
+    }, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

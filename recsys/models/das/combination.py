@@ -1,0 +1,192 @@
+"""How DAS combines its collaborative and semantic sides (``semantic_combination``),
+chosen once when the model is built:
+
+* :class:`AddCombination` (``add``): the semantic embedding is added to the
+  collaborative interest factor, ``[e^int + γ s ; e^pop]`` (a warm item's ``e`` weighted
+  by ``item_id_weight``, a cold item's zero), before or (``propagate_semantic``) after
+  LightGCN's propagation;
+* :class:`ConcatCombination` (``concat``): ``[collaborative ; γ·semantic]`` for users and
+  ``[collaborative ; semantic]`` for items (:class:`~recsys.models.das.vectors.ConcatVectors`),
+  then the next-item transition block.
+
+Each gives the model's scored vectors (before the popularity prior) and a training
+batch's recommendation, quantization and regularisation terms with the vectors that the
+alignment terms read (:class:`BatchVectors`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+
+from recsys.models.base import rows
+from recsys.models.losses import l2_penalty
+from recsys.models.transition import batch_with_transition, with_transition
+
+if TYPE_CHECKING:
+    from recsys.models.das.model import DualAlignedSemanticIDs
+
+
+@dataclasses.dataclass
+class BatchVectors:
+    """A training batch's loss terms so far (``quant_loss``, ``rec_loss``, ``reg_loss``)
+    and what the alignment terms read: ``e_u``, ``e_p`` the collaborative vectors of the
+    batch's users and positives, ``s_u``, ``s_pos`` their semantic vectors in the interest
+    space (at least the first ``align_batch_size`` pairs'; ``s_u`` None without a user
+    semantic vector), ``s_items``: item indices → their semantic vectors."""
+
+    terms: dict[str, Tensor]
+    e_u: Tensor
+    e_p: Tensor
+    s_u: Tensor | None
+    s_pos: Tensor
+    s_items: Callable[[Tensor], Tensor]
+
+
+class Combination(Protocol):
+    def embeddings(self, model: DualAlignedSemanticIDs) -> tuple[Tensor, Tensor, Tensor]:
+        """``(users (U, D'), items (I, D'), the items' semantic vectors (I, d))``."""
+        ...
+
+    def batch(self, model: DualAlignedSemanticIDs, batch: dict[str, Tensor]) -> BatchVectors:
+        """One training batch's terms and vectors (see :class:`BatchVectors`)."""
+        ...
+
+
+class AddCombination:
+    """``add``: ``[e^int + γ s ; e^pop]``."""
+
+    @staticmethod
+    def final(
+        model: DualAlignedSemanticIDs, e: Tensor, s: Tensor | None, warm: Tensor | None
+    ) -> Tensor:
+        """Final rows from collaborative ``e (N, D)``, semantic ``s (N, d_int)`` (or None)
+        and the rows' ID weights ``warm (N,)`` (None: 1)."""
+        d = model.config.interest_dim
+        interest, pop = e[:, :d], e[:, d:]
+        if warm is not None:
+            interest, pop = interest * warm[:, None], pop * warm[:, None]
+        if s is not None:
+            interest = interest + model.config.semantic_weight * s
+        return torch.cat([interest, pop], dim=1)
+
+    def embeddings(self, model: DualAlignedSemanticIDs) -> tuple[Tensor, Tensor, Tensor]:
+        s_i = model.item_tower(None).quantized
+        s_u = model.user_tower(None).quantized if model.user_tower is not None else None
+        if model.config.propagate_semantic:
+            users, items = model.propagation(
+                self.final(model, model.user.weight, s_u, None),
+                self.final(model, model.item.weight, s_i, model.warm),
+            )
+        else:
+            e_u, e_i = model.propagation(model.user.weight, model.item.weight)
+            users = self.final(model, e_u, s_u, None)
+            items = self.final(model, e_i, s_i, model.warm)
+        return users, items, s_i
+
+    def batch(self, model: DualAlignedSemanticIDs, batch: dict[str, Tensor]) -> BatchVectors:
+        users, pos = batch["users"], batch["pos_items"]
+        neg = batch["neg_items"][:, 0]
+        s_u = None
+        e_u_all, e_i_all = model.propagation(model.user.weight, model.item.weight)
+        e_u, e_p, e_n = e_u_all[users], e_i_all[pos], e_i_all[neg]
+        if model.config.propagate_semantic:
+            # Every node's semantic embedding enters the propagation: towers over all rows.
+            item_out = model.item_tower(None)
+            s_pos, s_neg = item_out.quantized[pos], item_out.quantized[neg]
+            terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
+            s_u_all = None
+            if model.user_tower is not None:
+                user_out = model.user_tower(None)
+                s_u_all = user_out.quantized
+                s_u = s_u_all[users]
+                terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+            f_u_all, f_i_all = model.propagation(
+                self.final(model, model.user.weight, s_u_all, None),
+                self.final(model, model.item.weight, item_out.quantized, model.warm),
+            )
+            u_final, p_final, n_final = f_u_all[users], f_i_all[pos], f_i_all[neg]
+        else:
+            # One tower pass over the batch's distinct items (and users): one EMA update.
+            items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+            item_out = model.item_tower(items)
+            s_items = item_out.quantized
+            s_pos, s_neg = s_items[inverse[: len(pos)]], s_items[inverse[len(pos) :]]
+            terms = {"quant_loss": item_out.loss}
+            if model.user_tower is not None:
+                uniq_u, inv_u = torch.unique(users, return_inverse=True)
+                user_out = model.user_tower(uniq_u)
+                s_u = user_out.quantized[inv_u]
+                terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+            u_final = self.final(model, e_u, s_u, None)
+            p_final = self.final(model, e_p, s_pos, model.warm[pos])
+            n_final = self.final(model, e_n, s_neg, model.warm[neg])
+        terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
+        terms["reg_loss"] = l2_penalty(
+            model.user.weight[users], model.item.weight[pos], model.item.weight[neg]
+        )
+        return BatchVectors(
+            terms, e_u, e_p, s_u, s_pos, lambda j: model.item_tower(j).quantized
+        )
+
+
+class ConcatCombination:
+    """``concat``: ``[collaborative ; γ·semantic]`` · ``[collaborative ; semantic]``, then
+    the transition block."""
+
+    def embeddings(self, model: DualAlignedSemanticIDs) -> tuple[Tensor, Tensor, Tensor]:
+        scored = model.user_tower is not None and not model.pool_history
+        user_out = model.user_tower(None) if scored else None  # else unused here
+        item_out = model.item_tower(None)
+        vectors = model._concat_vectors(item_out, user_out)
+        users, items = vectors.users, vectors.items
+        d = model.config.dim
+        items = torch.cat([items[:, :d], items[:, d:] * model.item_semantic_scale[:, None]], 1)
+        users, items = with_transition(model.transition, users, items, item_out.codes)
+        return users, items, item_out.quantized
+
+    def batch(self, model: DualAlignedSemanticIDs, batch: dict[str, Tensor]) -> BatchVectors:
+        cfg = model.config
+        users, pos = batch["users"], batch["pos_items"]
+        neg = batch["neg_items"][:, 0]
+        s_u = None
+        # The item tower over all rows (the propagation needs every item's codes).
+        item_out = model.item_tower(None)
+        # The semantic vectors in the interest space are used by the alignment terms
+        # only, which see the batch's first pairs (_aux_losses): projected there only.
+        aligned = users[: cfg.align_batch_size]
+        user_out, batch_users_only = None, False
+        if model.user_tower is not None:
+            # With the users' semantic side pooled from their histories, the user tower
+            # only aligns: once frozen, it encodes just those users.
+            batch_users_only = model.pool_history and bool(model.user_tower.frozen)
+            user_out = model.user_tower(aligned if batch_users_only else None)
+        vectors = model._concat_vectors(item_out, None if batch_users_only else user_out)
+        ego = vectors.item_ego
+        p_final, n_final = vectors.item_rows(pos), vectors.item_rows(neg)
+        e_u, e_p = rows(vectors.collab_users, users), p_final[:, : cfg.dim]  # aligned
+        if cfg.history_leave_target_out:
+            u_final, e_u = model._leave_target_out(vectors, users, pos, p_final)
+        else:
+            u_final = vectors.user_rows(users)
+
+        def s_items(index: Tensor) -> Tensor:  # projected only where it is needed
+            return model.align_item(rows(item_out.quantized, index))
+
+        s_pos = s_items(pos[: len(aligned)])
+        terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
+        if user_out is not None:
+            s_user = user_out.quantized
+            s_u = model.align_user(s_user if batch_users_only else rows(s_user, aligned))
+            terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+        # the pair's preceding items → its item
+        u_final, p_final, n_final, reg = batch_with_transition(
+            model.transition, batch, u_final, p_final, n_final, item_out.codes
+        )
+        terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
+        ego_rows = [rows(model.user.weight, users), rows(ego, pos), rows(ego, neg)]
+        terms["reg_loss"] = l2_penalty(*ego_rows, *reg)
+        return BatchVectors(terms, e_u, e_p, s_u, s_pos, s_items)

@@ -1,0 +1,75 @@
+"""Training in several processes (Lightning's ``ddp_spawn`` / ``ddp`` strategies).
+
+Each process trains on its share of every epoch's batches (:class:`PairBatches` takes every
+``world``-th one); Lightning averages the gradients, so an optimiser step sees ``world``
+batches, and every process ranks the whole validation set itself (the same weights give the
+same numbers: no gather, no disagreement on when to stop). Checkpoints and logs are written
+by the first process only; the run folder is written by the launching process afterwards,
+as in a one-process run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from recsys.io import atomic_path, atomic_write_text
+from recsys.train.clock import EpochClock
+
+
+class ThreadCount(Callback):
+    """``trainer.num_threads`` in every training process: spawned processes start with
+    torch's default (every core each), which oversubscribes the machine."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = threads
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
+
+def shard_batches(n_batches: int, rank: int, world: int) -> list[int]:
+    """The batch numbers process ``rank`` of ``world`` trains on in an epoch of
+    ``n_batches``: every ``world``-th one from ``rank``, padded from the epoch's start so
+    that every process takes the same number of steps (a process with fewer would leave
+    the others waiting for its gradients)."""
+    per_rank = -(-n_batches // world)
+    return [(rank + world * step) % n_batches for step in range(per_rank)]
+
+
+class FitFacts(Callback):
+    """What the launching process needs from a fit that ran in other processes (their
+    callbacks' state does not come back): epochs trained, the checkpoint's best score, the
+    clock. The first process writes them to ``path`` (JSON) when the fit ends."""
+
+    def __init__(self, path: Path, checkpoint: ModelCheckpoint, clock: EpochClock) -> None:
+        self.path, self.checkpoint, self.clock = path, checkpoint, clock
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        score = self.checkpoint.best_model_score
+        facts = {
+            "epochs": trainer.current_epoch,
+            "best_model_path": self.checkpoint.best_model_path,
+            "best_model_score": None if score is None else float(score),
+            "clock": self.clock.state_dict(),
+        }
+        atomic_write_text(self.path, json.dumps(facts))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through a temporary file renamed onto the checkpoint:
+    a process killed while saving (any of a multi-process run's, or a one-process run)
+    leaves the previous checkpoint whole, never a truncated one to resume from."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
