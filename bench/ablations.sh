@@ -2,8 +2,8 @@
 # The DAS ablation table in one command:
 #   [JOBS=2] [ONLY='das*'] [SEEDS='2020 1 2'] [RESUME=1] bench/ablations.sh DATASET SPLIT [overrides...]
 # trains configs/ablations/*.yaml on that dataset and split (one thread each, JOBS at a
-# time, default 1) and writes the section "ablations-DATASET-SPLIT" of docs/BENCHMARKS.md
-# (DOC= another file).
+# time, default 1) and writes the section "ablations-DATASET-SPLIT" in the file of
+# docs/research/ that holds it (DOC=FILE names the file, and must for a new section).
 # ONLY: a glob of the configs to (re)train; the table lists every finished run folder.
 # SEEDS: train each config under each of these seeds and write mean ± standard deviation
 # over seeds instead (bench/seeds_table.py, section "ablations-DATASET-SPLIT-seeds").
@@ -63,11 +63,12 @@ for config in configs/ablations/*.yaml; do
     if [ -f "$run/metrics.json" ]; then runs+=("$run"); else echo "no finished run: $run" >&2; fi
   done
 done
-doc=(--doc "${DOC:-docs/BENCHMARKS.md}")
+doc=()
+if [ -n "${DOC:-}" ]; then doc=(--doc "$DOC"); fi
 if [ -n "${SEEDS:-}" ]; then
-  "$PYTHON" bench/seeds_table.py "${doc[@]}" --section "ablations-$dataset-$split-seeds" \
+  "$PYTHON" bench/seeds_table.py ${doc[@]+"${doc[@]}"} --section "ablations-$dataset-$split-seeds" \
     --title "DAS ablations, $dataset $split, seeds $SEEDS" "${runs[@]}"
 else
-  "$PYTHON" bench/runs_table.py "${doc[@]}" --section "ablations-$dataset-$split" \
+  "$PYTHON" bench/runs_table.py ${doc[@]+"${doc[@]}"} --section "ablations-$dataset-$split" \
     --title "DAS ablations, $dataset $split" "${runs[@]}"
 fi

@@ -9,7 +9,7 @@ and three queries are ranked against the run's item vectors exactly as test is s
 it knows the user's ID embedding), the run's ``history_query/`` (what POST
 /v1/recommendations uses now) and the plain mean of the history's item vectors (what it
 used before, and still uses for runs without the folder). Prints JSON and writes the
-section of docs/BENCHMARKS.md.
+section of the research history (the file of docs/research/ holding it, or --doc FILE).
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from runs_table import update
+from runs_table import doc_for, update
 
 from recsys.artifacts import RunFolder
 from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.eval.ranking import evaluate
-from recsys.index.semantic import SemanticIds
 from recsys.serve.history import HistoryQuery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +38,6 @@ def queries(run: RunFolder) -> dict[str, np.ndarray]:
     table = run.interactions()  # chronological order
     known = table[table["label"].isin([TRAIN, VALID])]
     history = HistoryQuery.load(run, items.shape[1])
-    sids = SemanticIds.load(run, run.item_map())
     out = {"model": users, "mean": np.zeros_like(users)}
     if history is not None:
         out["history_query"] = np.zeros_like(users)
@@ -47,7 +45,7 @@ def queries(run: RunFolder) -> dict[str, np.ndarray]:
         seq = group["item_idx"].to_numpy()
         out["mean"][u] = items[seq].mean(axis=0)
         if history is not None:
-            out["history_query"][u] = history.query_items(items[seq], seq, sids)
+            out["history_query"][u] = history.query(items[seq], seq)
     return out
 
 
@@ -72,8 +70,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--section", default="anonymous-users")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument(
+        "--doc", type=Path, help="default: the docs/research/ file holding the section"
+    )
     args = parser.parse_args()
+    if args.doc is None:
+        args.doc = doc_for(args.section)
     torch.set_num_threads(1)
     results = {str(path.name): measure(RunFolder(path)) for path in args.runs}
     json.dump(results, sys.stdout, indent=2)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Tabulate finished run folders into a section of docs/BENCHMARKS.md.
+"""Tabulate finished run folders into a section of the research history (docs/research/).
 
     python bench/runs_table.py --section lightgcn --title "LightGCN vs peers" runs/a runs/b
 
 prints the table as JSON rows and replaces (or appends) the block between
-``<!-- BEGIN lightgcn -->`` and ``<!-- END lightgcn -->`` in docs/BENCHMARKS.md.  Every
+``<!-- BEGIN lightgcn -->`` and ``<!-- END lightgcn -->`` in the file of docs/research/
+that holds that marker (``--doc FILE`` names the file, and must for a new section).  Every
 row carries the command recorded in the run's manifest, its epochs (best), the wall time
 of training and the machine's thread setting.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from recsys.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
+RESEARCH = ROOT / "docs" / "research"
 COLUMNS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr", "coverage@20"]
 
 
@@ -75,14 +77,29 @@ def update(doc: Path, section: str, body: str) -> None:
     atomic_write_text(doc, text)  # a crash leaves the doc as it was
 
 
+def doc_for(section: str, folder: Path = RESEARCH) -> Path:
+    """The one file under ``folder`` that holds ``section``'s BEGIN marker."""
+    begin = f"<!-- BEGIN {section} -->"
+    hits = [p for p in sorted(folder.glob("*.md")) if begin in p.read_text()]
+    if len(hits) == 1:
+        return hits[0]
+    where = ", ".join(str(p) for p in hits) if hits else "no file"
+    raise SystemExit(
+        f"section {section!r}: {where} under {folder} holds it; name the file with --doc"
+    )
+
+
 def section_arguments(description: str | None) -> argparse.Namespace:
     """``runs...``, ``--section``, ``--title``, ``--doc``: what a table-writing script takes."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--section", required=True)
     ap.add_argument("--title", required=True)
-    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
-    return ap.parse_args()
+    ap.add_argument("--doc", type=Path, help="default: the docs/research/ file holding the section")
+    args = ap.parse_args()
+    if args.doc is None:
+        args.doc = doc_for(args.section)
+    return args
 
 
 def publish(items: list[dict], doc: Path, section: str, body: str) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Mean ± standard deviation over seeds of finished run folders, as a section of
-docs/BENCHMARKS.md.
+"""Mean ± standard deviation over seeds of finished run folders, as a section of the
+research history (the file of docs/research/ holding it, or ``--doc FILE``).
 
     python bench/seeds_table.py --section seeds-ml-100k-loo --title "..." runs/a runs/a-seed1 ...
 

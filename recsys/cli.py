@@ -129,13 +129,29 @@ def _export(args: argparse.Namespace) -> None:
         chunk_users=args.chunk_users,
         progress=not args.no_progress,
     )
-    if args.partitioned:
+    if args.verify:
+        from recsys.export.topk import verify_partitioned
+
+        result = verify_partitioned(args.run, args.out)
+        print(json.dumps(result, indent=2))
+        if result["problems"]:
+            raise SystemExit(1)
+        return
+    if args.partitioned or args.shard:
         from recsys.export.topk import export_partitioned
 
-        print(json.dumps(export_partitioned(args.run, args.out, **common), indent=2))
+        shard = _shard(args.shard) if args.shard else (0, 1)
+        print(json.dumps(export_partitioned(args.run, args.out, **common, shard=shard), indent=2))
         return
     n = export_recommendations(args.run, args.out, **common)
     print(f"wrote {n} rows to {args.out}")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise RecsysError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return int(index), int(count)
 
 
 def _semantic_ids(args: argparse.Namespace) -> None:
@@ -178,7 +194,7 @@ def _index(args: argparse.Namespace) -> None:
 
     from recsys.artifacts import RunFolder
     from recsys.config import apply_overrides, validate
-    from recsys.index.faiss_index import IndexConfig, build_for_run
+    from recsys.index.run_index import IndexConfig, build_for_run
 
     base = {"kind": "factory", "factory": args.factory} if args.factory else {"kind": args.kind}
     if args.name:
@@ -350,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitioned",
         action="store_true",
         help="--out is a folder of part-NNNNN.parquet files (one per user chunk); resumable",
+    )
+    p.add_argument(
+        "--shard",
+        help="I/N: write only every N-th part from part I (implies --partitioned), so that N"
+        " processes or machines export disjoint users into the same --out at once",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the partitioned export in --out: every user once, ranks 1..k; exit 1 if not",
     )
     p.set_defaults(func=_export)
 

@@ -171,3 +171,54 @@ def test_rerun_with_other_parameters_is_refused(run, tmp_path, capsys):
     assert summary["rows"] == pq.read_table(tmp_path / "cli").num_rows == 120
     assert main([*cli, "--out", str(out), "--no-progress"]) == 2
     assert "holds another export" in capsys.readouterr().err
+
+
+def test_shards_write_disjoint_parts_and_verify_finds_every_user_once(
+    run, reference, tmp_path, monkeypatch, capsys
+):
+    """Two shards into one folder; the second killed after one part and resumed; verify
+    then finds every user exactly once with k rows (and fails on a tampered export)."""
+    from recsys.export.topk import verify_partitioned
+
+    out = tmp_path / "recs"
+    first = export_partitioned(run.root, out, **KW, shard=(0, 2))
+    assert first["written"] == 3 and not first["complete"] and not (out / "_SUCCESS").exists()
+    written = sorted(p.name for p in out.glob("part-*"))
+    assert written == [f"part-{n:05d}.parquet" for n in (0, 2, 4)]
+    assert verify_partitioned(run.root, out)["problems"] == ["part-00001.parquet missing",
+        "part-00003.parquet missing", "part-00005.parquet missing", "19 user(s) missing, e.g. "
+        + repr(sorted(set(reference.user_id) - set(read_parts(out).user_id))[0])]  # fmt: skip
+
+    real, calls = export_mod._write_part, []
+
+    def dies_after_one(table, path):
+        if calls:
+            raise KeyboardInterrupt  # the second shard's process dies in its second part
+        calls.append(path.name)
+        real(table, path)
+
+    # another shard's writer is mid-part: its temporary file is not this shard's to delete
+    (out / ".part-00002.parquet.zzz.tmp").write_bytes(b"being written")
+    monkeypatch.setattr(export_mod, "_write_part", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        export_partitioned(run.root, out, **KW, shard=(1, 2))
+    monkeypatch.setattr(export_mod, "_write_part", real)
+    assert calls == ["part-00001.parquet"] and (out / ".part-00002.parquet.zzz.tmp").exists()
+    second = export_partitioned(run.root, out, **KW, shard=(1, 2))
+    assert second["skipped"] == 1 and second["written"] == 2 and second["complete"]
+    result = verify_partitioned(run.root, out)
+    assert result["problems"] == [] and result["users"] == 40 and result["rows"] == 200
+    pd.testing.assert_frame_equal(canonical(read_parts(out)), reference)
+    assert main(["export", str(run.root), "--out", str(out), "--verify"]) in (0, None)
+
+    # a user duplicated into another part and a rank missing: both named
+    part = pd.read_parquet(out / "part-00000.parquet")
+    pd.concat([part, part.head(1)]).to_parquet(out / "part-00000.parquet", index=False)
+    bad = pd.read_parquet(out / "part-00003.parquet")
+    bad[bad["rank"] != 2].to_parquet(out / "part-00003.parquet", index=False)
+    problems = verify_partitioned(run.root, out)["problems"]
+    assert any("ranks" in p and "part-00000" in p for p in problems)
+    assert any("ranks" in p and "part-00003" in p for p in problems)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run.root), "--out", str(out), "--verify"])
+    assert exit_info.value.code == 1

@@ -14,10 +14,9 @@ def batch(b: int = 4, seed: int = 0):
     }
 
 
-@pytest.mark.parametrize("kind", ["concat", "gated"])
-def test_output_shapes(kind):
+def test_output_shapes():
     torch.manual_seed(0)
-    model = ModalityFusion(DIMS, FusionConfig(kind=kind, hidden_dim=8, output_dim=7)).eval()
+    model = ModalityFusion(DIMS, FusionConfig(hidden_dim=8, output_dim=7)).eval()
     assert model(batch(5)).shape == (5, 7)
     z, present = model.project(batch(5))
     assert z.shape == (5, 3, 8) and present.shape == (5, 3)
@@ -25,10 +24,9 @@ def test_output_shapes(kind):
     assert model(partial).shape == (5, 7)
 
 
-@pytest.mark.parametrize("kind", ["concat", "gated"])
-def test_missing_mask_uses_learned_missing_embedding(kind):
+def test_missing_mask_uses_learned_missing_embedding():
     torch.manual_seed(0)
-    model = ModalityFusion(DIMS, FusionConfig(kind=kind, hidden_dim=8, output_dim=4)).eval()
+    model = ModalityFusion(DIMS, FusionConfig(hidden_dim=8, output_dim=4)).eval()
     inputs = batch(3)
     x, mask = inputs["image"]
     mask = torch.tensor([True, False, True])
@@ -77,17 +75,6 @@ def test_modality_dropout_never_drops_all_modalities():
     assert used.all()  # no modality dropout at eval
 
 
-def test_gated_weights_sum_to_one():
-    torch.manual_seed(0)
-    model = ModalityFusion(DIMS, FusionConfig(kind="gated", hidden_dim=8)).eval()
-    model(batch(6))
-    w = model.last_gate_weights
-    assert w.shape == (6, 3) and (w >= 0).all()
-    torch.testing.assert_close(w.sum(dim=1), torch.ones(6))
-    z, _ = model.project(batch(6))
-    torch.testing.assert_close(model.gate_weights(z).sum(dim=1), torch.ones(6))
-
-
 def test_input_validation():
     model = ModalityFusion(DIMS, FusionConfig(hidden_dim=8))
     with pytest.raises(KeyError, match="audio"):
@@ -98,3 +85,18 @@ def test_input_validation():
         model(bad)
     with pytest.raises(ValueError):
         FusionConfig(modality_dropout=1.0)
+
+
+def test_saved_configs_from_before_issue_29_still_load():
+    """Item encoders and quantizer files written before the gated fusion and
+    sinkhorn_at_encode were removed name their only surviving values."""
+    from recsys.models.quantizer import QuantizerConfig
+
+    saved = {"kind": "concat", "hidden_dim": 8}
+    assert FusionConfig.from_saved(saved) == FusionConfig(hidden_dim=8)
+    with pytest.raises(ValueError):
+        FusionConfig.from_saved({"kind": "gated"})
+    old = {**QuantizerConfig().model_dump(), "sinkhorn_at_encode": False}
+    assert QuantizerConfig.from_saved(old) == QuantizerConfig()
+    with pytest.raises(ValueError):
+        QuantizerConfig.from_saved({**old, "sinkhorn_at_encode": True})

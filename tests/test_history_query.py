@@ -38,29 +38,23 @@ def _write(folder, segments, **arrays):
 
 def test_segments_by_hand(tmp_path):
     source = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])  # 3 catalogue items
-    code_0, code_1 = np.array([[10.0, 0.0], [0.0, 10.0]]), np.array([[1.0, 1.0], [3.0, 3.0]])
     segments = [
         {"columns": [0, 2], "pool": "items", "decay": 0.5, "window": None, "scale": 3.0},
         {"columns": [2, 4], "pool": "table", "table": "source", "decay": 0.5, "window": 2},
         {"columns": [5, 6], "constant": 0.7},
     ]
-    _write(tmp_path / "q", segments, source=source, source_code_0=code_0, source_code_1=code_1)
+    _write(tmp_path / "q", segments, source=source)
     query = HistoryQuery(tmp_path / "q", dim=6)
     vectors = np.arange(18, dtype=np.float64).reshape(3, 6)  # the history's item vectors
-    # history oldest first: catalogue item 0, catalogue item 2, added item 3 (codes 1, 0)
+    # history oldest first: catalogue item 0, catalogue item 2, added item 3
     items = np.array([0, 2, 3])
-    codes, present = np.array([[0, 0], [0, 0], [1, 0]]), np.array([True, True, True])
-    got = query.query(vectors, items, codes, present)
+    got = query.query(vectors, items)
     w_all, w_two = np.array([1, 2, 4]) / 7, np.array([0, 1 / 3, 2 / 3])
-    added = code_0[1] + code_1[0]  # no ID row: its codes' rows
     expected = vectors.mean(axis=0)  # column 4: no segment names it
     expected[0:2] = 3.0 * (w_all @ vectors[:, 0:2])
-    expected[2:4] = w_two[1] * source[2] + w_two[2] * added
+    expected[2:4] = w_two[1] * source[2]  # the added item has no row: zeros
     expected[5] = 0.7
     np.testing.assert_allclose(got, expected, rtol=1e-6)
-    # without semantic IDs an added item has no row: zeros
-    got = query.query(vectors, items)
-    np.testing.assert_allclose(got[2:4], w_two[1] * source[2], rtol=1e-6)
 
 
 def test_overlapping_segments_add_and_count_power_scales(tmp_path):
@@ -136,7 +130,7 @@ def test_semantic_models_fold_in_their_collaborative_users(tmp_path, kind):
 
     torch.manual_seed(0)
     graph, _ = synthetic_content_graph()
-    block = {"transition_dim": 3, "transition_codes": True}
+    block = {"transition_dim": 3}
     if kind == "two_stage":
         quantizer = {"kind": "rqkmeans", "levels": 2, "codebook_size": 4}
         config = TwoStageConfig(dim=8, layers=2, quantizer=quantizer, **block)
@@ -178,17 +172,16 @@ CONCAT = {
     "semantic_combination": "concat", "freeze_sids_epoch": 0, "code_embeddings": True,
     "user_semantic": "history", "history_decay": 0.8, "user_history_weight": 2.0,
     "item_quantizer": QUANT, "user_quantizer": QUANT, "popularity_weight": 0.5,
-    "transition_dim": 3, "transition_codes": True,
+    "transition_dim": 3,
 }  # fmt: skip
 MODELS = {
     "content": ({"kind": "content", "recency_decay": 0.7, "popularity_weight": 0.3}, 0),
     "lightgcn-block": ({"kind": "lightgcn", "dim": 8, "transition_dim": 3}, 8),
-    "two-stage-codes-block": (
+    "two-stage-block": (
         {
             "kind": "two_stage",
             "dim": 8,
             "transition_dim": 3,
-            "transition_codes": True,
             "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
         },
         8,
@@ -232,9 +225,8 @@ def test_anonymous_query_equals_the_known_users_vector(trained):
     state = ServingState.load(run.root, ServeConfig(index="flat"), encoder=None)
     assert state.history_query is not None
     users, items = run.embeddings()
-    snap = state.snapshot
     for u, history in list(_known_histories(run).items())[:10]:
-        query = state.history_query.query_items(items[history], history, snap.sids)
+        query = state.history_query.query(items[history], history)
         # every column the model's own user vector has, but its own ID embedding's
         np.testing.assert_allclose(query[free:], users[u, free:], rtol=1e-4, atol=1e-5)
     # the HTTP route uses it: the order of the history matters now
@@ -250,7 +242,6 @@ def test_anonymous_query_equals_the_known_users_vector(trained):
 
 def query_topk(state: ServingState, items: np.ndarray, history: np.ndarray, k: int) -> list[str]:
     """Brute force: the anonymous query against every item, the history excluded."""
-    snap = state.snapshot
-    scores = items @ state.history_query.query_items(items[history], history, snap.sids)
+    scores = items @ state.history_query.query(items[history], history)
     scores[history] = -np.inf
     return [str(x) for x in state.snapshot.items.to_ids(np.argsort(-scores, kind="stable")[:k])]

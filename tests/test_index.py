@@ -13,13 +13,8 @@ from recsys.artifacts import RunFolder
 from recsys.cli import main
 from recsys.errors import ArtifactError, ConfigError, RecsysError
 from recsys.index.evaluate import evaluate_index
-from recsys.index.faiss_index import (
-    IndexConfig,
-    ItemIndex,
-    build_for_run,
-    ladder,
-    load_or_build,
-)
+from recsys.index.faiss_index import IndexConfig, ItemIndex, ladder
+from recsys.index.run_index import build_for_run, load_or_build
 
 
 def tiny_run(tmp_path_factory) -> RunFolder:

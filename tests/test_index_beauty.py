@@ -19,7 +19,8 @@ import torch
 
 from recsys.artifacts import RunFolder
 from recsys.index.evaluate import evaluate_index
-from recsys.index.faiss_index import IndexConfig, ItemIndex, build_for_run
+from recsys.index.faiss_index import IndexConfig, ItemIndex
+from recsys.index.run_index import build_for_run
 
 pytestmark = pytest.mark.shared
 

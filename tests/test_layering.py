@@ -25,12 +25,12 @@ MODELS = {
     "two_stage": {
         "kind": "two_stage", "dim": 8, "content_projection": True,
         "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
-        "transition_dim": 2, "transition_codes": True,
+        "transition_dim": 2,
     },
     "das": {**DAS, "popularity_weight": 0.5},  # blocks through the fusion MLP, a ridge prior
     "das-content": {
         **DAS, "semantic_input": "content", "semantic_combination": "concat",
-        "freeze_sids_epoch": 0, "transition_dim": 2, "transition_codes": True,
+        "freeze_sids_epoch": 0, "transition_dim": 2,
         "popularity_weight": 0.5, "popularity_source": "content",
     },
 }  # fmt: skip

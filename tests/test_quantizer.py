@@ -291,72 +291,6 @@ def test_dead_code_is_reseeded_and_used(update):
     assert int(q.unused_steps.max()) < steps
 
 
-@pytest.mark.parametrize("update", ["ema", "grad"])
-def test_assign_from_chooses_codes_and_feeds_updates_from_the_given_rows(update):
-    x = _four_clusters(64)
-    z = x + 4.0 * torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
-    q = ResidualQuantizer(
-        2, levels=2, codebook_size=4, codebook_update=update, sinkhorn_last_level=False
-    )
-    q.init_codebooks(x)
-    twin = copy.deepcopy(q)  # the same quantizer, fed x itself
-    expected = q.encode(x)
-    assert not torch.equal(expected, q.encode(z))  # the perturbation moves codes
-    books = q.codebooks.detach().clone()
-    q.train()
-    twin.train()
-    zz = z.clone().requires_grad_(True)
-    out = q(zz, assign_from=x)
-    ref = twin(x)
-    assert torch.equal(out.codes, expected) and torch.equal(ref.codes, expected)
-    # the codebook side (EMA update or codebook loss) sees x, exactly as the twin's
-    assert torch.allclose(q.codebooks, twin.codebooks)
-    assert torch.allclose(out.codebook_loss, ref.codebook_loss)
-    # the commitment loss is z's, against the codewords chosen for x (by hand)
-    chosen = books[0][expected[:, 0]] + books[1][expected[:, 1]]
-    r0 = z - books[0][expected[:, 0]]
-    by_hand = r0.pow(2).sum(1).mean() + (z - chosen).pow(2).sum(1).mean()
-    assert out.commitment_loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
-    # value: the chosen codewords; gradient: straight through to z
-    assert torch.allclose(out.quantized, chosen, atol=1e-5), (out.quantized - chosen).abs().max()
-    w = torch.randn(64, 2, generator=torch.Generator().manual_seed(4))
-    (out.quantized * w).sum().backward()
-    assert torch.equal(zz.grad, w)
-    with pytest.raises(ValueError, match="assign_from"):
-        q(z, assign_from=x[:10])
-
-
-def test_revive_unused_reseeds_dead_codes_without_emptying_others():
-    # level 0: rows 0-3 around code 0, row 4 alone at code 1 (the largest error), code 2
-    # far from everything (dead)
-    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.3], [0.2, 0.1], [10.0, 0.0]])
-    q = ResidualQuantizer(2, levels=1, codebook_size=3, sinkhorn_last_level=False)
-    q.init_codebooks(x)
-    q.set_codebook(0, torch.tensor([[0.0, 0.0], [8.0, 0.0], [100.0, 100.0]]))
-    assert q.encode(x)[:, 0].tolist() == [0, 0, 0, 0, 1]
-    assert q.revive_unused(x) == 1
-    # code 2 now holds row 2 (the largest error among rows that code 0 can spare), not
-    # row 4, whose move would have emptied code 1
-    assert torch.equal(q.codebooks[0, 2], x[2])
-    assert q.encode(x)[:, 0].tolist() == [0, 0, 2, 0, 1]
-    assert float(q.ema_count[0, 2]) == pytest.approx(float(q.ema_count[0].mean()), rel=1e-6)
-    books = q.codebooks.clone()
-    assert q.revive_unused(x) == 0 and torch.equal(q.codebooks, books)  # all used: no-op
-
-
-def test_revive_unused_uses_every_code_on_every_level():
-    z = torch.randn(1000, 8, generator=torch.Generator().manual_seed(0))
-    q = ResidualQuantizer(8, levels=3, codebook_size=32, sinkhorn_last_level=False)
-    q.init_codebooks(z[:40])  # fitted on a corner of the data: many codes left unused
-    before = codebook_stats(q.encode(z), 32)
-    assert before["utilization_mean"] < 0.9
-    assert q.revive_unused(z) > 0
-    after = codebook_stats(q.encode(z), 32)
-    for level in range(3):
-        assert after[f"utilization_l{level}"] == 1.0
-    assert after["collision_rate"] < before["collision_rate"]
-
-
 def test_split_unused_splits_the_most_distorted_code_by_two_means():
     # level 0: code 0 serves two clusters (A: 3 rows, B: 2 rows), code 1 one far row,
     # code 2 is dead
@@ -389,22 +323,17 @@ def test_split_unused_first_parts_rows_that_share_a_whole_id():
     assert q.split_unused(x) == [] and torch.equal(q.codebooks, books)  # all used: no-op
 
 
-def test_split_unused_uses_every_code_and_collides_less_than_pinning_rows():
+def test_split_unused_uses_every_code_on_every_level():
     z = torch.randn(1000, 8, generator=torch.Generator().manual_seed(0))
-    results = {}
-    for method in ("row", "split"):
-        q = ResidualQuantizer(8, levels=3, codebook_size=32, sinkhorn_last_level=False)
-        q.init_codebooks(z[:40])  # fitted on a corner of the data: many codes left unused
-        if method == "row":
-            assert q.revive_unused(z) > 0
-        else:
-            moves = q.split_unused(z)
-            assert {level for level, _, _ in moves} == {1, 2}  # level 0 is fully used
-        results[method] = codebook_stats(q.encode(z), 32)
+    q = ResidualQuantizer(8, levels=3, codebook_size=32, sinkhorn_last_level=False)
+    q.init_codebooks(z[:40])  # fitted on a corner of the data: many codes left unused
+    before = codebook_stats(q.encode(z), 32)
+    moves = q.split_unused(z)
+    assert {level for level, _, _ in moves} == {1, 2}  # level 0 is fully used
+    after = codebook_stats(q.encode(z), 32)
     for level in range(3):
-        assert results["split"][f"utilization_l{level}"] == 1.0
-    # pinning a row zeroes its deeper residuals and herds rows onto the same deeper codes
-    assert results["split"]["collision_rate"] < 0.5 * results["row"]["collision_rate"]
+        assert after[f"utilization_l{level}"] == 1.0
+    assert after["collision_rate"] < before["collision_rate"]
 
 
 def test_sinkhorn_last_level_more_balanced_than_argmin():
@@ -415,22 +344,15 @@ def test_sinkhorn_last_level_more_balanced_than_argmin():
     q = ResidualQuantizer(2, levels=1, codebook_size=8, sinkhorn_last_level=True)
     q.init_codebooks(x)
     q.set_codebook(0, torch.stack([torch.arange(8.0), torch.zeros(8)], 1))
-    argmin = codebook_stats(q.encode(x, balanced=False), 8)
-    sinkhorn = codebook_stats(q.encode(x, balanced=True), 8)
+    argmin = codebook_stats(q.encode(x), 8)  # encode: always the nearest code
+    twin = copy.deepcopy(q)
+    q.train()
+    twin.train()
+    train_codes = q(x).codes  # training-mode forward: Sinkhorn at the last level
+    assert torch.equal(train_codes, twin(x).codes)  # deterministic
+    sinkhorn = codebook_stats(train_codes, 8)
     assert sinkhorn["perplexity_l0"] > argmin["perplexity_l0"] + 2.0
     assert sinkhorn["max_items_per_id"] < 0.5 * argmin["max_items_per_id"]
-    # deterministic, and used in training-mode forward by default
-    assert torch.equal(q.encode(x, balanced=True), q.encode(x, balanced=True))
-    q.train()
-    train_codes = q(x).codes
-    assert codebook_stats(train_codes, 8)["perplexity_l0"] > argmin["perplexity_l0"] + 2.0
-
-
-def test_rqkmeans_balanced_encode_option(mixture):
-    model = RQKMeans(levels=2, codebook_size=16, sinkhorn_at_encode=True).fit(mixture)
-    balanced = model.encode(mixture)
-    assert torch.equal(balanced, model.encode(mixture, balanced=True))
-    assert torch.equal(balanced[:, 0], model.encode(mixture, balanced=False)[:, 0])
 
 
 def test_straight_through_gradient_reaches_input():

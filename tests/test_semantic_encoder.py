@@ -43,10 +43,8 @@ def run(tmp_path_factory) -> RunFolder:
             "dim": 8,
             "content_projection": True,
             "quantizer": {"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
-            # the block embeds the items' codes: a cold or new item's block is its codes'
-            # target rows (its ID part is zero)
+            # a next-item block: a cold or new item's columns are zeros (no ID row)
             "transition_dim": 3,
-            "transition_codes": True,
         },
         features={"tabular": {"multi_valued": ["genres"], "numeric": ["length"]}},
         split="cold-10",
@@ -68,7 +66,7 @@ def test_encoder_reproduces_codes_and_cold_item_vectors(run):
     rows = cold[suffix0[cold]]
     assert len(rows) > 0
     np.testing.assert_allclose(vectors[rows], trained[rows], atol=1e-5)
-    assert np.abs(vectors[rows, -3:]).sum() > 0  # the block reaches cold items by their codes
+    assert np.abs(vectors[rows, -3:]).sum() == 0  # the block: no ID row for cold items
 
 
 def test_added_item_gets_a_unique_semantic_id_sharing_its_twins_codes(run):
@@ -90,7 +88,7 @@ def test_added_item_gets_a_unique_semantic_id_sharing_its_twins_codes(run):
     assert similar.status_code == 200 and len(similar.json()["items"]) == 3
 
 
-FROZEN_PROPAGATED = {"freeze_sids_epoch": 0, "propagate_semantic": True, "code_embeddings": True}
+FROZEN = {"freeze_sids_epoch": 0, "code_embeddings": True}
 
 
 GRAD_QUANT = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "codebook_update": "grad"}
@@ -107,7 +105,7 @@ CONTENT_POPULARITY = {"popularity_weight": 0.7, "popularity_source": "content"}
     scope="module",
     params=[
         {},
-        FROZEN_PROPAGATED,
+        FROZEN,
         CONTENT_CONCAT,
         {
             **CONTENT_CONCAT,
@@ -116,7 +114,6 @@ CONTENT_POPULARITY = {"popularity_weight": 0.7, "popularity_source": "content"}
             "popularity_weight": 0.5,
             "transition_dim": 3,
         },
-        {**CONTENT_CONCAT, "transition_dim": 3, "transition_codes": True},
         CONTENT_POPULARITY,
     ],
     ids=[
@@ -124,7 +121,6 @@ CONTENT_POPULARITY = {"popularity_weight": 0.7, "popularity_source": "content"}
         "frozen",
         "content-concat",
         "content-pca",
-        "content-codes-block",
         "joint-content-popularity",
     ],  # fmt: skip
 )
@@ -168,8 +164,7 @@ def test_das_encoder_reproduces_codes_and_cold_item_vectors(das_run):
         arrays = np.load(das_run.root / "item_encoder" / "arrays.npz")
         end = vectors.shape[1] - int("popularity_weights" in arrays.files)
         block = vectors[cold, end - 3 : end]
-        # ID-based: zeros for items without interactions; with codes: their codes' rows
-        assert (np.abs(block).sum() > 0) == spec["transition_codes"]
+        assert np.abs(block).sum() == 0  # ID-based: zeros for items without interactions
     popularity = int(spec["popularity_weight"] > 0)
     if spec["semantic_combination"] == "add":  # no conformity factor without interactions
         assert np.abs(vectors[cold, 12 - 4 : 12]).sum() == 0
@@ -213,48 +208,6 @@ def test_das_content_popularity_column_is_the_content_models_trees(das_run):
     assert query["segments"][-1] == last
 
 
-def test_propagated_das_reports_the_valid_score_it_was_selected_on(tmp_path):
-    """With propagate_semantic, item vectors depend on the users' history state, which
-    test scoring refreshes (train + valid). Valid must still be scored, saved and
-    re-evaluated with the vectors early stopping saw."""
-    from conftest import synthetic_interactions, train_table_run
-
-    from recsys.eval.bundle import evaluate_run
-
-    items = pd.DataFrame(
-        {
-            "item_id": [f"i{i}" for i in range(N_ITEMS)],
-            "genres": [GENRES[i % 4] for i in range(N_ITEMS)],
-        }
-    )
-    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0}
-    run = train_table_run(
-        tmp_path,
-        synthetic_interactions(n_users=60, n_items=N_ITEMS),
-        items,
-        model={
-            "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6, "propagate_semantic": True,
-            "item_fusion": {"hidden_dim": 8}, "user_fusion": {"hidden_dim": 8},
-            "item_quantizer": quant, "user_quantizer": quant,
-        },
-        features={"tabular": {"categorical": ["genres"]}},
-        split="cold-10",
-        trainer={"max_epochs": 2, "num_threads": 1},
-    )  # fmt: skip
-    cold = np.load(run.root / "candidates_test.npy")
-    served, _ = load_item_encoder(run).encode(run.items())
-    np.testing.assert_allclose(served[cold], run.embeddings()[1][cold], atol=1e-5)
-    saved = run.metrics()
-    assert saved["valid"]["ndcg@10"] == pytest.approx(saved["training"]["best_valid"], abs=1e-6)
-    _, items_test = run.embeddings()
-    _, items_valid = run.embeddings("valid")
-    assert not np.array_equal(items_test, items_valid)  # the case this guards
-    for split in ("valid", "test"):
-        assert evaluate_run(run, split)["ndcg@10"] == pytest.approx(
-            saved[split]["ndcg@10"], abs=1e-6
-        )
-
-
 @pytest.fixture
 def restore_threads():
     """Put torch's thread count back after a test that trains with another."""
@@ -286,7 +239,7 @@ def test_das_resume_across_the_freeze_equals_uninterrupted(
         interactions=synthetic_interactions(n_users=60, n_items=N_ITEMS),
         items=items,
         model={
-            "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6, **FROZEN_PROPAGATED,
+            "kind": "das", "dim": 12, "pop_dim": 4, "input_dim": 6, **FROZEN,
             "freeze_sids_epoch": 1, "item_fusion": {"hidden_dim": 8},
             "user_fusion": {"hidden_dim": 8}, "item_quantizer": quant, "user_quantizer": quant,
         },

@@ -190,7 +190,7 @@ def test_semantic_candidates_are_used_and_can_be_switched_off(run, tmp_path, mon
     IVF probing one of six lists misses items; the prefix buckets bring some back. (Extra
     candidates can only add overlap with the exact top-k: everything is rescored.)"""
     from recsys.index import faiss_index
-    from recsys.index.faiss_index import IndexConfig, build_for_run
+    from recsys.index.run_index import IndexConfig, build_for_run
 
     # 30 items: every query would be deep enough to be scored exactly, or to widen the
     # probe to every list; keep the narrow ANN path this test is about.

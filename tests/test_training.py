@@ -144,12 +144,12 @@ def test_a_resumed_run_reports_the_training_time_of_all_its_parts(
     jumps 1000 s, which a resumed part alone cannot reach by chance."""
     import types
 
-    from recsys.train import clock, runner
+    from recsys.train import clock, fit
 
     jump = {"seconds": 0.0}
-    real = runner.time.perf_counter
+    real = fit.time.perf_counter
     jumping = types.SimpleNamespace(perf_counter=lambda: real() + jump["seconds"])
-    for module in (runner, clock):  # the runner's and the epoch clock's time
+    for module in (fit, clock):  # the fit's and the epoch clock's time
         monkeypatch.setattr(module, "time", jumping)
     original = RecommenderModule.on_train_epoch_end
 

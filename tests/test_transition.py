@@ -134,78 +134,15 @@ def test_baselines_carry_the_same_block(config):
     torch.testing.assert_close(moved[:, :8], users[:, :8])  # only the block moves
 
 
-# items 4 and 5 (cold) share both codes; items 1 and 3 share the first
-CODES = torch.tensor([[0, 0], [1, 0], [2, 1], [1, 2], [3, 3], [3, 3]])
-
-
-def _code_block(window=2, decay=0.5) -> TransitionBlock:
-    torch.manual_seed(0)
-    block = TransitionBlock(TrainingGraph(3, 6, USERS, ITEMS), 4, window, decay, 2, 4)
-    with torch.no_grad():  # zeros at init (the block starts as the ID-only one)
-        assert all(t.weight.abs().sum() == 0 for t in (*block.source_codes, *block.target_codes))
-        for table in (*block.source_codes, *block.target_codes):
-            table.weight.normal_()
-    return block
-
-
-def test_code_rows_add_to_id_rows_and_reach_cold_items():
-    block = _code_block()
-    p, q = block.source.weight.detach(), block.target.weight.detach()
-    ps = [t.weight.detach() for t in block.source_codes]
-    qs = [t.weight.detach() for t in block.target_codes]
-
-    def source(j: int) -> torch.Tensor:
-        return p[j] * (j != 5) + ps[0][CODES[j, 0]] + ps[1][CODES[j, 1]]
-
-    items = block.item_vectors(CODES).detach()
-    for i in range(6):
-        expected = q[i] * (i != 5) + qs[0][CODES[i, 0]] + qs[1][CODES[i, 1]]
-        torch.testing.assert_close(items[i], expected)
-    torch.testing.assert_close(items[5], qs[0][3] + qs[1][3])  # cold: its codes' rows only
-    got = block.pair_vectors(torch.tensor([0, 0]), torch.tensor([3, 4]), CODES).detach()
-    torch.testing.assert_close(got[0], torch.zeros(4))  # a first pair: only padding
-    torch.testing.assert_close(got[1], 2 / 3 * source(1) + 1 / 3 * source(3))
-    # a cold item in the history now adds its codes' source rows
-    block.use_history(np.append(USERS, 1), np.append(ITEMS, 5))
-    torch.testing.assert_close(
-        block.user_vectors(CODES)[1].detach(), 2 / 3 * source(5) + 1 / 3 * source(0)
-    )
-    with pytest.raises(ValueError, match="codes"):
-        block.item_vectors()
-
-
-def test_training_a_warm_item_moves_the_cold_item_that_shares_its_codes():
-    block = _code_block()
-    before = block.item_vectors(CODES)[5].detach().clone()
-    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
-    t_u = block.pair_vectors(torch.tensor([0]), torch.tensor([4]), CODES)
-    (-(t_u * block.item_vectors(CODES)[4]).sum()).backward()  # raise score(0 → 4)
-    assert block.target.weight.grad[5].abs().sum() == 0  # the cold item's ID row: no signal
-    optimizer.step()
-    after = block.item_vectors(CODES)[5].detach()
-    assert not torch.equal(after, before)
-    t_u = t_u.detach()
-    assert float(t_u @ after) > float(t_u @ before)  # item 5 follows 1, 3 more, as 4 does
-
-
-def test_transition_codes_need_a_model_with_semantic_ids():
-    graph, _ = synthetic_content_graph()
-    with pytest.raises(ValueError, match="transition_codes"):
-        build_model(LightGCNConfig(dim=8, transition_dim=4, transition_codes=True), graph)
-
-
 @pytest.mark.parametrize("kind", ["das", "two_stage"])
-def test_semantic_models_pass_their_codes_to_the_block(kind):
+def test_semantic_models_carry_the_block(kind):
     graph, _ = synthetic_content_graph()
     if kind == "das":
-        config = small_das(
-            **CONTENT_CONCAT, user_semantic="history", transition_dim=8, transition_codes=True
-        )
+        config = small_das(**CONTENT_CONCAT, user_semantic="history", transition_dim=8)
     else:
         config = TwoStageConfig(
             dim=8,
             transition_dim=4,
-            transition_codes=True,
             quantizer={"kind": "rqkmeans", "levels": 2, "codebook_size": 4},
         )
     model = build_model(config, graph)
@@ -213,10 +150,9 @@ def test_semantic_models_pass_their_codes_to_the_block(kind):
     history = _train(model, graph, steps=40)
     assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
     block = model.transition
-    codes = torch.as_tensor(model.semantic_ids()["items"][0][:, :-1])  # without the suffix
     with torch.no_grad():
         users, items = model.embeddings()
-        t_u, t_i = block.user_vectors(codes), block.item_vectors(codes)
+        t_u, t_i = block.user_vectors(), block.item_vectors()
     width = t_i.shape[1]
     if kind == "two_stage":
         torch.testing.assert_close(users[:, -width:], t_u)
@@ -227,4 +163,4 @@ def test_semantic_models_pass_their_codes_to_the_block(kind):
             base_users, base_items = model.embeddings()
         model.transition = block
         torch.testing.assert_close(users @ items.T, base_users @ base_items.T + t_u @ t_i.T)
-    assert t_i[27:30].abs().sum() > 0  # cold items: reached through their codes
+    assert t_i[27:30].abs().sum() == 0  # cold items: no ID row in the block

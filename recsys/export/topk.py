@@ -185,6 +185,7 @@ def export_partitioned(
     user_ids: list[str] | None = None,
     chunk_users: int = 4096,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     """Write top-``k`` per user to ``out_dir/part-NNNNN.parquet``, resumably.
 
@@ -193,10 +194,18 @@ def export_partitioned(
     run of the same export) are kept and skipped. Raises ``RecsysError`` when ``out_dir``
     holds an export with other parameters, or part files without a manifest.
 
+    ``shard = (i, n)``: this call writes only the parts ``p`` with ``p % n == i``, so that
+    ``n`` processes or machines (sharing ``out_dir``) export disjoint slices of the users
+    at once, each resumable on its own; ``_SUCCESS`` appears once every part exists
+    (:func:`verify_partitioned` checks the whole).
+
     Returns ``rows`` (all parts), ``users``, ``parts``, ``written`` and ``skipped`` parts,
     ``seconds`` and ``users_per_second`` (of the users scored by this call).
     """
     start = time.perf_counter()
+    shard_index, n_shards = shard
+    if n_shards < 1 or not 0 <= shard_index < n_shards:
+        raise RecsysError(f"shard must be I/N with 0 <= I < N, got {shard_index}/{n_shards}")
     if chunk_users < 1:
         raise RecsysError(f"chunk_users must be >= 1, got {chunk_users}")
     if k <= 0:
@@ -219,16 +228,16 @@ def export_partitioned(
         "schema": [f"{f.name}:{f.type}" for f in SCHEMA],
     }
     _claim(out_dir, manifest)
-    for stale in out_dir.glob(".part-*.tmp"):  # left by a killed writer
-        stale.unlink(missing_ok=True)
+    mine = [n for n in range(n_parts) if n % n_shards == shard_index]
+    for stale in out_dir.glob(".part-*.tmp"):  # left by a killed writer of this shard's
+        number = stale.name.split(".")[1].removeprefix("part-")
+        if number.isdigit() and int(number) % n_shards == shard_index:
+            stale.unlink(missing_ok=True)  # (another shard's may be being written now)
 
-    pending = [n for n in range(n_parts) if not part_path(out_dir, n).exists()]
-    done_users = len(users) - sum(
-        len(users[n * chunk_users : (n + 1) * chunk_users]) for n in pending
-    )
-    bar = tqdm(
-        total=len(users), initial=done_users, unit="user", desc="export", disable=not progress
-    )
+    pending = [n for n in mine if not part_path(out_dir, n).exists()]
+    total = sum(len(users[n * chunk_users : (n + 1) * chunk_users]) for n in mine)
+    done_users = total - sum(len(users[n * chunk_users : (n + 1) * chunk_users]) for n in pending)
+    bar = tqdm(total=total, initial=done_users, unit="user", desc="export", disable=not progress)
     scored = 0
     if pending:
         scorer = _Scorer(run, split, k)
@@ -240,15 +249,19 @@ def export_partitioned(
             bar.update(len(chunk_users_idx))
     bar.close()
     seconds = time.perf_counter() - start
-    atomic_write_text(out_dir / SUCCESS, "")
-    rows = sum(pq.ParquetFile(part_path(out_dir, n)).metadata.num_rows for n in range(n_parts))
+    complete = all(part_path(out_dir, n).exists() for n in range(n_parts))
+    if complete:  # the last shard to finish marks the whole export
+        atomic_write_text(out_dir / SUCCESS, "")
+    rows = sum(pq.ParquetFile(part_path(out_dir, n)).metadata.num_rows for n in mine)
     return {
         "out": str(out_dir),
         "rows": rows,
         "users": len(users),
         "parts": n_parts,
+        "shard": f"{shard_index}/{n_shards}",
+        "complete": complete,
         "written": len(pending),
-        "skipped": n_parts - len(pending),
+        "skipped": len(mine) - len(pending),
         "seconds": round(seconds, 3),
         "users_per_second": round(scored / seconds, 1) if scored else None,
     }
@@ -277,3 +290,65 @@ def _claim(out_dir: Path, manifest: dict[str, Any]) -> None:
     if out_dir.exists() and any(out_dir.glob("part-*.parquet")):
         raise RecsysError(f"{out_dir} has part files but no {MANIFEST}; refusing to mix exports")
     atomic_write_json(path, manifest)
+
+
+def verify_partitioned(run_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Check a partitioned export against its run: every part of the manifest present,
+    every selected user in exactly one part with ranks ``1..r`` once each, ``r = k`` or,
+    for a user with fewer than ``k`` items left to recommend, all of them; no other user.
+    Reads one part at a time (user ids and ranks only). Returns counts and ``problems``
+    (empty when the export is whole)."""
+    run, out_dir = RunFolder(Path(run_dir)), Path(out_dir)
+    path = out_dir / MANIFEST
+    if not path.exists():
+        raise RecsysError(f"{out_dir}: no {MANIFEST}: not a partitioned export")
+    manifest = json.loads(path.read_text())
+    split, k = manifest["split"], int(manifest["k"])
+    users = select_users(run, split, None)
+    if hashlib.sha256(users.astype("<i8").tobytes()).hexdigest() != manifest["users_sha256"]:
+        users = None  # exported for an explicit user list: check the users it holds
+    exclude = run.matrix(*SEEN[split])
+    candidates = None if split == "all" else run.candidates(split)
+    n_candidates = len(run.item_map()) if candidates is None else len(candidates)
+    problems: list[str] = []
+    seen_users: dict[str, int] = {}  # user -> the part holding them
+    counts: dict[str, int] = {}  # user -> rows
+    rows = 0
+    for n in range(int(manifest["n_parts"])):
+        part = part_path(out_dir, n)
+        if not part.exists():
+            problems.append(f"{part.name} missing")
+            continue
+        table = pq.read_table(part, columns=["user_id", "rank"]).to_pandas()
+        rows += len(table)
+        for user, ranks in table.groupby("user_id", sort=False)["rank"]:
+            if user in seen_users:
+                problems.append(f"user {user!r} in {part.name} and part {seen_users[user]}")
+                continue
+            seen_users[user] = n
+            counts[user] = len(ranks)
+            if sorted(ranks) != list(range(1, len(ranks) + 1)) or len(ranks) > k:
+                problems.append(f"user {user!r} ({part.name}): ranks {sorted(ranks)[:5]}…")
+    user_map = run.user_map()
+    wanted = {str(u) for u in user_map.to_ids(users)} if users is not None else set(seen_users)
+    missing = wanted - set(seen_users)
+    extra = set(seen_users) - wanted
+    if missing:
+        problems.append(f"{len(missing)} user(s) missing, e.g. {sorted(missing)[0]!r}")
+    if extra:
+        problems.append(f"{len(extra)} user(s) not selected, e.g. {sorted(extra)[0]!r}")
+    if users is not None and not problems:  # short lists only where items ran out
+        index = user_map.to_index(list(counts))
+        if candidates is None:
+            available = n_candidates - np.diff(exclude.tocsr().indptr)[index]
+        else:
+            available = n_candidates - exclude.tocsr()[index][:, candidates].getnnz(axis=1)
+        short = [u for u, c, a in zip(counts, counts.values(), available, strict=True)
+                 if c < min(k, a)]  # fmt: skip
+        if short:
+            problems.append(f"{len(short)} user(s) with fewer than k rows, e.g. {short[0]!r}")
+    return {
+        "out": str(out_dir), "parts": int(manifest["n_parts"]), "users": len(seen_users),
+        "rows": rows, "complete": (out_dir / SUCCESS).exists(), "problems": problems,
+    }  # fmt: skip
+

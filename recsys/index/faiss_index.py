@@ -82,7 +82,6 @@ import faiss
 import numpy as np
 
 from recsys.artifacts import RunFolder
-from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.errors import ArtifactError, ConfigError, RecsysError
 from recsys.index.candidates import (
     _as_matrix,
@@ -99,6 +98,7 @@ from recsys.index.spec import (  # noqa: F401 (re-exported: the index's public n
     IndexKind,
     IndexMeta,
     _calibrated_recall,
+    index_path,
     ladder,
     resolve,
 )
@@ -504,41 +504,3 @@ class ItemIndex:
         if params:
             meta.params = {**meta.params, **params}
         return cls(index, _as_matrix(items, meta.dim, "item embeddings"), meta, use_gpu)
-
-
-def index_path(run: RunFolder, name: str) -> Path:
-    if not name or "/" in name or name.startswith("."):
-        raise RecsysError(f"invalid index name {name!r}")
-    return run.root / "index" / f"{name}.faiss"
-
-
-def build_for_run(run: RunFolder, config: IndexConfig) -> ItemIndex:
-    """Build over ``embeddings/items.npy``, calibrating on a seeded sample of the users,
-    each with the items they interacted with (every split) excluded, as served."""
-    users, items = run.embeddings()
-    rng = np.random.default_rng(0)
-    n = min(len(users), config.calibration_queries)
-    sample = np.sort(rng.choice(len(users), size=n, replace=False))
-    seen = run.matrix(TRAIN, VALID, TEST)
-    exclude = [seen.indices[seen.indptr[u] : seen.indptr[u + 1]].astype(np.int64) for u in sample]
-    return ItemIndex.build(items, config, run_fingerprint(run), users[sample], exclude)
-
-
-def load_or_build(
-    run: RunFolder, name: str, params: dict[str, int] | None = None, use_gpu: bool = True
-) -> ItemIndex:
-    """The saved ``RUN/index/<name>.faiss``; else, when ``name`` is a kind, a fresh build
-    with default parameters (calibrated, not saved). ``auto`` is ``flat`` (exact) up to
-    ``AUTO_EXACT_ITEMS`` items and ``hnsw`` above. Serving uses this."""
-    if name == "auto":
-        name = "flat" if len(run.embeddings()[1]) <= AUTO_EXACT_ITEMS else "hnsw"
-    if index_path(run, name).exists():
-        return ItemIndex.load(run, name, params, use_gpu)
-    if name not in ("flat", "ivf", "hnsw", "ivfpq"):
-        raise ArtifactError(f"{index_path(run, name)} not found and {name!r} is not a kind")
-    log.warning("%s: no saved %s index, building one in memory", run.root, name)
-    index = build_for_run(run, IndexConfig(kind=name, gpu=use_gpu))  # type: ignore[arg-type]
-    if params:
-        index.meta.params = {**index.meta.params, **params}
-        _set_params(index.search_index, index.meta.params, index.on_gpu)
-    return index

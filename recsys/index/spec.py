@@ -5,12 +5,16 @@ parameters for a catalogue (see ``recsys.index.faiss_index`` for the kinds)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from recsys.config import StrictModel
 from recsys.errors import ConfigError, RecsysError
+
+if TYPE_CHECKING:
+    from recsys.artifacts import RunFolder
 
 INDEX_FORMAT_VERSION = 1
 IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq", "factory"]
@@ -137,3 +141,10 @@ def resolve(config: IndexConfig, n_items: int, dim: int) -> dict[str, Any]:
 def _calibrated_recall(meta: IndexMeta) -> float | None:
     calibration = meta.calibration or {}
     return next((v for key, v in calibration.items() if key.startswith("recall@")), None)
+
+
+def index_path(run: RunFolder, name: str) -> Path:
+    """``RUN/index/<name>.faiss``, for a plain name (no path, not hidden)."""
+    if not name or "/" in name or name.startswith("."):
+        raise RecsysError(f"invalid index name {name!r}")
+    return run.root / "index" / f"{name}.faiss"

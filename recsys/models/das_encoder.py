@@ -5,13 +5,12 @@ the saved block transforms (PCA + scale), or the content vectors themselves for
 ``semantic_input: content`` → the item tower (fusion, residual quantizer, per-level code
 embeddings) in eval mode → ``s_i`` and its codes (assigned with the codebooks as they
 were when the IDs were frozen, if they were). Its final representation has no ID
-embedding (it has no interactions): ``[γ s_i ; 0]`` in ``add`` mode (divided by
-``layers + 1`` when the model propagates semantic embeddings, as LightGCN's layer mean
-does for a node without edges); ``[Σ_l code_emb_l[c_l] / (layers + 1) ; κ s_i]`` in
-``concat`` mode (κ: ``cold_semantic_weight``), then a next-item transition block's
-columns (zeros for its ID part, plus its codes' target rows when it embeds codes); in
-either mode, with ``popularity_weight``, the popularity the saved ridge predicts from
-``s_i`` (or the saved trees from the raw features, ``popularity_source: content``).
+embedding (it has no interactions): ``[γ s_i ; 0]`` in ``add`` mode;
+``[Σ_l code_emb_l[c_l] / (layers + 1) ; κ s_i]`` in ``concat`` mode (κ:
+``cold_semantic_weight``), then a next-item transition block's columns (zeros: a new
+item has no ID row); in either mode, with ``popularity_weight``, the popularity the
+saved ridge predicts from ``s_i`` (or the saved trees from the raw features,
+``popularity_source: content``).
 Its semantic ID is the tower's codes with suffix 0 (the serving layer disambiguates it
 against the catalogue).
 """
@@ -32,17 +31,14 @@ from recsys.models.das.inputs import BlockTransform
 from recsys.models.das.towers import SemanticTower
 from recsys.models.fusion import FusionConfig
 from recsys.models.quantizer import QuantizerConfig
-from recsys.models.transition import new_item_transition, transition_code_tables
 
 
 class DASItemEncoder:
     def __init__(self, folder: Path) -> None:
         spec = json.loads((folder / "encoder.json").read_text())
         self.content_space = spec.get("semantic_input", "blocks") == "content"
-        weights = spec.get("modality_weights", {}) if self.content_space else {}
-        self.content = ContentVectors(folder, spec["modalities"], weights)
+        self.content = ContentVectors(folder, spec["modalities"], {})
         arrays = np.load(folder / "arrays.npz")
-        self.transition_tables = transition_code_tables(arrays)
         self.blocks = list(spec["block_dims"])
         self.transforms = {}
         for name in self.blocks:
@@ -56,8 +52,8 @@ class DASItemEncoder:
         fusion = spec["fusion"]
         self.tower = SemanticTower(
             dims,
-            None if fusion is None else FusionConfig.model_validate(fusion),
-            QuantizerConfig.model_validate(spec["quantizer"]),
+            None if fusion is None else FusionConfig.from_saved(fusion),
+            QuantizerConfig.from_saved(spec["quantizer"]),
             sum(dims.values()) if self.content_space else int(spec["interest_dim"]),
             bool(spec["code_embeddings"]) and not self.concat,
         )
@@ -85,7 +81,6 @@ class DASItemEncoder:
             self.content_popularity = joblib.load(folder / "popularity.joblib")
         self.pop_dim = int(spec["pop_dim"])
         self.transition_dim = int(spec.get("transition_dim", 0))
-        self.layer_mean = 1.0 / (int(spec.get("propagated_layers", 0)) + 1)
 
     def encode(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """items → ``(N, dim)`` float32 embeddings, ``(N, levels + 1)`` semantic IDs."""
@@ -117,16 +112,12 @@ class DASItemEncoder:
             # κ on the semantic half: a new item has no training interactions
             semantic = s.numpy() * self.cold_semantic_weight if self.semantic_part else None
             parts = [c] if semantic is None else [c, semantic]
-            if self.transition_dim:  # next-item block: no ID row, its codes' rows if any
-                block = new_item_transition(
-                    self.transition_tables, codes.numpy(), self.transition_dim
-                )
-                parts.append(block)
+            if self.transition_dim:  # next-item block: a new item has no ID row
+                parts.append(np.zeros((len(codes), self.transition_dim)))
             parts += self._popularity(s, features)
             return np.concatenate(parts, axis=1).astype(np.float32), sids
         final = torch.cat([self.semantic_weight * s, s.new_zeros(len(s), self.pop_dim)], dim=1)
-        final = final.numpy() * self.layer_mean
-        final = np.concatenate([final, *self._popularity(s, features)], axis=1)
+        final = np.concatenate([final.numpy(), *self._popularity(s, features)], axis=1)
         return final.astype(np.float32), sids
 
     def _popularity(self, s: torch.Tensor, features: dict) -> list[np.ndarray]:

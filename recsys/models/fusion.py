@@ -3,11 +3,7 @@
 Each modality ``m`` has a projection MLP ``D_m → hidden`` and a learned "missing"
 embedding that replaces the projection wherever the modality's mask is False (the masked
 input is zeroed before projecting, so whatever stands in it, even NaN, has no effect).
-The projected modalities are fused by
-
-* ``concat``: concatenation → MLP → ``output_dim``;
-* ``gated``: a softmax gate over modalities (weights sum to 1 per item), the weighted
-  sum → MLP → ``output_dim``.
+The projected modalities are concatenated → MLP → ``output_dim``.
 
 Modality dropout (training only) hides each present modality with probability
 ``modality_dropout`` but never all of an item's present modalities.
@@ -20,7 +16,6 @@ dict is treated as missing for the whole batch.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 import torch
 from pydantic import Field
@@ -30,15 +25,22 @@ from recsys.config import StrictModel
 
 
 class FusionConfig(StrictModel):
-    """Item-feature fusion: per-modality projections, then concat-MLP or gated fusion."""
+    """Item-feature fusion: per-modality projections, concatenated, then an MLP."""
 
-    kind: Literal["concat", "gated"] = "concat"
     hidden_dim: int = Field(default=256, ge=1)
     output_dim: int = Field(default=128, ge=1)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="training-time prob. of hiding a modality"
     )
+
+    @classmethod
+    def from_saved(cls, data: dict) -> FusionConfig:
+        """The config saved with a DAS item encoder; one written before the gated fusion
+        was removed (issue 29) names ``kind: concat``, the only fusion left."""
+        if data.get("kind") == "concat":
+            data = {k: v for k, v in data.items() if k != "kind"}
+        return cls.model_validate(data)
 
 
 def modality_dropout_mask(
@@ -91,14 +93,7 @@ class ModalityFusion(nn.Module):
         )
         # same scale as the LayerNorm-ed projections; never zeros
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.randn(h)) for m in self.modalities})
-        n = len(self.modalities)
-        if config.kind == "concat":
-            self.head = _mlp(n * h, h, config.output_dim, config.dropout)
-        else:
-            self.gate = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
-            self.gate_bias = nn.Parameter(torch.zeros(n))
-            self.head = _mlp(h, h, config.output_dim, config.dropout)
-        self.last_gate_weights: Tensor | None = None
+        self.head = _mlp(len(self.modalities) * h, h, config.output_dim, config.dropout)
 
     @property
     def output_dim(self) -> int:
@@ -155,17 +150,6 @@ class ModalityFusion(nn.Module):
             zs.append(torch.where(keep, self.projections[m](x), missing))
         return torch.stack(zs, dim=1), present
 
-    def gate_weights(self, z: Tensor) -> Tensor:
-        """Softmax weights (B, M) over the projected modalities ``z`` (B, M, hidden)."""
-        if self.config.kind != "gated":
-            raise RuntimeError("gate weights exist only for kind='gated'")
-        scores = self.gate(z).squeeze(-1) + self.gate_bias
-        return torch.softmax(scores, dim=1)
-
     def forward(self, inputs: Mapping[str, tuple[Tensor, Tensor | None]]) -> Tensor:
         z, _ = self.project(inputs)
-        if self.config.kind == "concat":
-            return self.head(z.flatten(start_dim=1))
-        weights = self.gate_weights(z)
-        self.last_gate_weights = weights.detach()
-        return self.head((weights.unsqueeze(-1) * z).sum(dim=1))
+        return self.head(z.flatten(start_dim=1))

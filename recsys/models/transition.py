@@ -9,11 +9,6 @@ or later ones), and scoring uses the items before the held-out one (the whole tr
 history, or train + valid when test is scored). ``P`` and ``Q`` are ID embeddings, so an
 item without training interactions contributes nothing on either side (its rows are
 masked), and a cold item's transition score is 0.
-
-With ``transition_codes`` (models that have semantic IDs: DAS, two-stage) each side also
-adds per-level code embeddings of the item's semantic ID, ``P[j] = P_id[j]·warm_j +
-Σ_l P^l[c_l(j)]`` (and ``Q`` alike): items that share code prefixes share transitions,
-and an item without interactions is reached (and followed) through its codes alone.
 """
 
 from __future__ import annotations
@@ -43,12 +38,6 @@ class TransitionFields(StrictModel):
     transition_window: int = Field(default=20, ge=1, description="items in that context")
     transition_decay: float = Field(
         default=0.5, gt=0, le=1, description="recency weight decay^k within that context"
-    )
-    transition_codes: bool = Field(
-        default=False,
-        description="the block's source and target rows add per-level embeddings of the"
-        " item's semantic-ID codes (models with semantic IDs only): shared transitions"
-        " between items with common codes, and a nonzero block for cold items",
     )
 
 
@@ -90,15 +79,7 @@ def preceding_items(
 class TransitionBlock(nn.Module):
     """``P``/``Q`` item tables of width ``dim`` and the contexts that index them."""
 
-    def __init__(
-        self,
-        graph: TrainingGraph,
-        dim: int,
-        window: int,
-        decay: float,
-        code_levels: int = 0,
-        codebook_size: int = 0,
-    ) -> None:
+    def __init__(self, graph: TrainingGraph, dim: int, window: int, decay: float) -> None:
         super().__init__()
         self.n_users, self.n_items = graph.n_users, graph.n_items
         self.window, self.decay = window, decay
@@ -110,27 +91,6 @@ class TransitionBlock(nn.Module):
         warm = torch.cat([warm_mask(graph), torch.zeros(1)])  # (I + 1,): the pad is never warm
         self.register_buffer("warm", warm, persistent=False)
         self._set_pairs(graph)
-        self.source_codes: nn.ModuleList | None = None
-        self.target_codes: nn.ModuleList | None = None
-        if code_levels:  # zeros: the block starts as the ID-only one and learns sharing
-            self.source_codes, self.target_codes = (
-                nn.ModuleList(nn.Embedding(codebook_size, dim) for _ in range(code_levels))
-                for _ in range(2)
-            )
-            for emb in (*self.source_codes, *self.target_codes):
-                nn.init.zeros_(emb.weight)
-
-    @property
-    def uses_codes(self) -> bool:
-        return self.source_codes is not None
-
-    def _code_sum(self, tables: nn.ModuleList, codes: Tensor) -> Tensor:
-        """codes ``(..., L)`` → ``(..., dim)``: Σ_l table_l[codes[..., l]]."""
-        return sum(table(codes[..., level]) for level, table in enumerate(tables))  # type: ignore[return-value]
-
-    def _check_codes(self, codes: Tensor | None) -> None:
-        if self.uses_codes and codes is None:
-            raise ValueError("this transition block embeds semantic-ID codes: pass codes")
 
     def _set_pairs(self, graph: TrainingGraph) -> None:
         pair_items, pair_weights, user_items, user_weights = preceding_items(
@@ -158,87 +118,55 @@ class TransitionBlock(nn.Module):
         chronological order); which items count as warm stays the training graph's."""
         self._set_pairs(TrainingGraph(self.n_users, self.n_items, users, items))
 
-    def _pool(self, items: Tensor, weights: Tensor, codes: Tensor | None) -> Tensor:
-        """items, weights ``(N, window)`` → ``(N, dim)``: Σ_k w_k P[j_k] (ID rows of warm
-        items only; code rows, given item codes ``(I, L)``, of every real item)."""
+    def _pool(self, items: Tensor, weights: Tensor) -> Tensor:
+        """items, weights ``(N, window)`` → ``(N, dim)``: Σ_k w_k P[j_k] (rows of warm
+        items only)."""
         # embedding_bag sums the weighted rows without materialising (N, window, dim): about
         # 3× faster forward + backward than gather, mask and sum at window 20
-        pooled = F.embedding_bag(
+        return F.embedding_bag(
             items, self.source.weight, per_sample_weights=weights * self.warm[items], mode="sum"
         )
-        if self.source_codes is not None and codes is not None:
-            real = weights * (items < self.n_items)  # the padding item has no codes
-            item_codes = codes[items.clamp(max=self.n_items - 1)]  # (N, window, L)
-            for level, table in enumerate(self.source_codes):
-                pooled = pooled + F.embedding_bag(
-                    item_codes[..., level], table.weight, per_sample_weights=real, mode="sum"
-                )
-        return pooled
 
-    def user_vectors(self, codes: Tensor | None = None) -> Tensor:
-        """``(U, dim)``: each user's query for the item after their whole history
-        (``codes (I, L)``: the items' semantic-ID codes, for a block that embeds them)."""
-        self._check_codes(codes)
-        return self._pool(self.user_items, self.user_weights, codes)
+    def user_vectors(self) -> Tensor:
+        """``(U, dim)``: each user's query for the item after their whole history."""
+        return self._pool(self.user_items, self.user_weights)
 
-    def pair_vectors(self, users: Tensor, items: Tensor, codes: Tensor | None = None) -> Tensor:
+    def pair_vectors(self, users: Tensor, items: Tensor) -> Tensor:
         """``(B, dim)``: the query of training pairs ``(users, items) (B,)``, from the items
         the user had before each; a pair not in the training graph gets the user's query."""
-        self._check_codes(codes)
         at, found = find_sorted(self.pair_keys, users * self.n_items + items)
-        pair = self._pool(self.pair_items[at], self.pair_weights[at], codes)
+        pair = self._pool(self.pair_items[at], self.pair_weights[at])
         if bool(found.all()):  # training pairs always are: no second pooling on that path
             return pair
-        fallback = self._pool(self.user_items[users], self.user_weights[users], codes)
+        fallback = self._pool(self.user_items[users], self.user_weights[users])
         return torch.where(found[:, None], pair, fallback)
 
-    def source_rows(self, codes: Tensor | None = None) -> Tensor:
+    def source_rows(self) -> Tensor:
         """``(I, dim)``: every item's source row as a context item (what ``_pool`` sums)."""
-        self._check_codes(codes)
         items = torch.arange(self.n_items, device=self.warm.device)[:, None]
-        return self._pool(items, torch.ones_like(items, dtype=torch.float32), codes)
+        return self._pool(items, torch.ones_like(items, dtype=torch.float32))
 
-    def item_vectors(self, codes: Tensor | None = None) -> Tensor:
-        """``(I, dim)``: ``Q``, whose ID part is zero for items without training
-        interactions (a block that embeds codes adds their per-level target rows)."""
-        self._check_codes(codes)
-        out = self.target.weight * self.warm[:-1, None]
-        if self.target_codes is not None and codes is not None:
-            out = out + self._code_sum(self.target_codes, codes)
-        return out
+    def item_vectors(self) -> Tensor:
+        """``(I, dim)``: ``Q``, zero for items without training interactions."""
+        return self.target.weight * self.warm[:-1, None]
 
 
-def transition_block(
-    config: TransitionFields, graph: TrainingGraph, code_levels: int = 0, codebook_size: int = 0
-) -> TransitionBlock | None:
-    """The configured block, or None when ``transition_dim`` is 0; with
-    ``transition_codes`` it embeds ``code_levels`` levels of ``codebook_size`` codes."""
+def transition_block(config: TransitionFields, graph: TrainingGraph) -> TransitionBlock | None:
+    """The configured block, or None when ``transition_dim`` is 0."""
     if config.transition_dim == 0:
         return None
-    if config.transition_codes and not code_levels:
-        raise ValueError("transition_codes: this model has no semantic-ID codes to embed")
-    levels = code_levels if config.transition_codes else 0
     return TransitionBlock(
-        graph,
-        config.transition_dim,
-        config.transition_window,
-        config.transition_decay,
-        levels,
-        codebook_size,
+        graph, config.transition_dim, config.transition_window, config.transition_decay
     )
 
 
 def with_transition(
-    block: TransitionBlock | None, users: Tensor, items: Tensor, codes: Tensor | None = None
+    block: TransitionBlock | None, users: Tensor, items: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Scoring: ``[users ; t_u]``, ``[items ; Q]`` (unchanged without a block);
-    ``codes (I, L)``: the items' semantic-ID codes, for a block that embeds them."""
+    """Scoring: ``[users ; t_u]``, ``[items ; Q]`` (unchanged without a block)."""
     if block is None:
         return users, items
-    return (
-        torch.cat([users, block.user_vectors(codes)], 1),
-        torch.cat([items, block.item_vectors(codes)], 1),
-    )
+    return torch.cat([users, block.user_vectors()], 1), torch.cat([items, block.item_vectors()], 1)
 
 
 def batch_with_transition(
@@ -247,15 +175,14 @@ def batch_with_transition(
     user: Tensor,
     pos: Tensor,
     neg: Tensor | None,
-    codes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
     """Training: the batch's final vectors ``user, pos (B, D)``, ``neg (B, N, D)`` or
     ``(B, D)`` (or None) with the transition columns appended, and the block's rows to
-    regularise (none without a block); ``codes (I, L)`` as in :func:`with_transition`."""
+    regularise (none without a block)."""
     if block is None:
         return user, pos, neg, []
     users, items = batch["users"], batch["pos_items"]
-    t_u, t_i = block.pair_vectors(users, items, codes), block.item_vectors(codes)
+    t_u, t_i = block.pair_vectors(users, items), block.item_vectors()
     t_pos = rows(t_i, items)
     user, pos = torch.cat([user, t_u], -1), torch.cat([pos, t_pos], -1)
     reg = [t_u, t_pos]
@@ -275,42 +202,20 @@ def transition_history(block: TransitionBlock | None, users: np.ndarray, items: 
     return True
 
 
-def transition_code_tables(arrays) -> list[np.ndarray]:
-    """The block's per-level target code tables saved by an item encoder
-    (``transition_code_emb_{level}`` in ``arrays``; none for an ID-only block)."""
-    tables = []
-    while f"transition_code_emb_{len(tables)}" in arrays:
-        tables.append(np.asarray(arrays[f"transition_code_emb_{len(tables)}"]))
-    return tables
-
-
-def new_item_transition(tables: list[np.ndarray], codes: np.ndarray, dim: int) -> np.ndarray:
-    """Serving: the block's columns ``(N, dim)`` for new items with codes ``(N, L)``, as
-    training scores a cold item: zeros (no ID row), plus the per-level target code rows
-    ``tables`` (:func:`transition_code_tables`) when the block embeds codes."""
-    out = np.zeros((len(codes), dim))
-    for level, table in enumerate(tables):
-        out += table[codes[:, level]]
-    return out
-
-
 def add_transition_segment(
     segments: list[dict],
     arrays: dict[str, np.ndarray],
     block: TransitionBlock | None,
     start: int,
-    codes: Tensor | None = None,
 ) -> int:
     """Append the block's part of an anonymous user's query (``RUN/history_query/``, see
     :mod:`recsys.serve.history`) to ``segments`` / ``arrays``: its columns from ``start``
-    pool the history's source rows as training does; items added after training get
-    their codes' source rows. Returns the end of its columns (``start`` without a block)."""
+    pool the history's source rows as training does (none for items added after
+    training). Returns the end of its columns (``start`` without a block)."""
     if block is None:
         return start
     with torch.no_grad():
-        arrays["source"] = block.source_rows(codes).cpu().numpy()
-        for level, table in enumerate(block.source_codes or []):
-            arrays[f"source_code_{level}"] = table.weight.detach().cpu().numpy()
+        arrays["source"] = block.source_rows().cpu().numpy()
     end = start + block.source.embedding_dim
     segments.append(
         {

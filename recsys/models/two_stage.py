@@ -91,9 +91,7 @@ class TwoStageSemanticIDs(Recommender):
             self.register_buffer("content", torch.as_tensor(content, dtype=torch.float32))
             self.projection = nn.Linear(content.shape[1], config.dim, bias=False)
         self.propagation = GraphPropagation(graph, config.layers)
-        self.transition = transition_block(
-            config, graph, config.quantizer.levels, config.quantizer.codebook_size
-        )
+        self.transition = transition_block(config, graph)
 
     def item_ego(self) -> Tensor:
         """``(n_items, dim)``: Σ_l code_emb_l[c_l] + suffix_emb[suffix] (+ W·content)."""
@@ -104,13 +102,9 @@ class TwoStageSemanticIDs(Recommender):
             out = out + self.projection(self.content)
         return out
 
-    def _codes(self) -> Tensor:
-        """``(I, levels)``: the items' codes without the disambiguating suffix."""
-        return self.sids[:, :-1]
-
     def embeddings(self) -> tuple[Tensor, Tensor]:
         users, items = self.propagation(self.user.weight, self.item_ego())
-        return with_transition(self.transition, users, items, self._codes())
+        return with_transition(self.transition, users, items)
 
     def use_history(self, users: np.ndarray, items: np.ndarray) -> bool:
         return transition_history(self.transition, users, items)
@@ -118,11 +112,11 @@ class TwoStageSemanticIDs(Recommender):
     def history_query(self) -> tuple[list[dict], dict[str, np.ndarray]]:
         """An anonymous user's query (``RUN/history_query/``): the propagated columns
         folded in from their items (``GraphPropagation.fold_in_rows``) and the block's
-        columns as trained (code rows for items added since)."""
+        columns as trained."""
         rows = self.propagation.fold_in_rows(self.user.weight, self.item_ego())
         segment, arrays = fold_in_segment(rows)
         segments = [segment]
-        add_transition_segment(segments, arrays, self.transition, self.config.dim, self._codes())
+        add_transition_segment(segments, arrays, self.transition, self.config.dim)
         return segments, arrays
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -135,7 +129,7 @@ class TwoStageSemanticIDs(Recommender):
             neg_emb = items_all[batch["neg_items"]]
             reg_terms.append(ego_items[batch["neg_items"].flatten()])
         u, p, n, reg = batch_with_transition(
-            self.transition, batch, users_all[users], items_all[pos], neg_emb, self._codes()
+            self.transition, batch, users_all[users], items_all[pos], neg_emb
         )
         return pairwise_loss(self.config, u, p, n, reg_terms + reg)  # type: ignore[arg-type]
 
@@ -153,9 +147,6 @@ class TwoStageSemanticIDs(Recommender):
         arrays = write_content_vectors(folder, self.features, self.features_config)
         for level, emb in enumerate(self.code_emb):
             arrays[f"code_emb_{level}"] = emb.weight.detach().cpu().numpy()
-        if self.transition is not None and self.transition.target_codes is not None:
-            for level, emb in enumerate(self.transition.target_codes):
-                arrays[f"transition_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
         arrays["suffix_emb_0"] = self.suffix_emb.weight[0].detach().cpu().numpy()
         if self.projection is not None:
             arrays["projection"] = self.projection.weight.detach().cpu().numpy()

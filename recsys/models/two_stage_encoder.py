@@ -5,7 +5,7 @@ and the embedding a cold item gets in training: the sum of its per-level code em
 the suffix-0 embedding (the one every item without a collision uses) and, when the model
 has it, the content projection; then LightGCN's layer mean, which for a node without
 edges divides the ego embedding by ``layers + 1``; then a next-item transition block's
-columns: zeros for its ID part, plus its codes' target rows when the block embeds codes.
+columns: zeros (a new item has no ID row).
 The semantic ID is returned with suffix 0; the serving layer disambiguates it against
 the catalogue.
 """
@@ -21,7 +21,6 @@ import pandas as pd
 from recsys.item_encoder import register_item_encoder
 from recsys.models.content_encoder import ContentVectors
 from recsys.models.quantizer import load_quantizer
-from recsys.models.transition import new_item_transition, transition_code_tables
 
 
 class TwoStageItemEncoder:
@@ -30,7 +29,6 @@ class TwoStageItemEncoder:
         self.content = ContentVectors(folder, spec["modalities"], spec["modality_weights"])
         self.quantizer = load_quantizer(folder / "quantizer.pt")
         arrays = np.load(folder / "arrays.npz")
-        self.transition_tables = transition_code_tables(arrays)
         self.code_emb = [arrays[f"code_emb_{level}"] for level in range(spec["levels"])]
         self.suffix = arrays["suffix_emb_0"]
         self.projection = arrays["projection"] if "projection" in arrays else None
@@ -47,8 +45,7 @@ class TwoStageItemEncoder:
         if self.projection is not None:
             ego += x @ self.projection.T
         sids = np.concatenate([codes, np.zeros((len(x), 1), dtype=codes.dtype)], axis=1)
-        # the next-item block: no ID row for a new item, its codes' rows if the block has them
-        block = new_item_transition(self.transition_tables, codes, self.transition_dim)
+        block = np.zeros((len(x), self.transition_dim))  # next-item block: no ID row
         final = np.concatenate([ego / (self.layers + 1), block], axis=1)
         return final.astype(np.float32), sids.astype(np.int64)
 

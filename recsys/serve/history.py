@@ -12,8 +12,7 @@ A model whose users are a function of their history ships ``RUN/history_query/``
       {"columns": [a, b], "pool": "table", "table": "source", "decay": d, "window": W,
        "scale": s},
           s × Σ_k w_k T[j_k] over rows of ``arrays.npz["source"]`` (catalogue items); an
-          item added since gets Σ_l ``source_code_{l}``[c_l] over its semantic-ID codes
-          when the run ships those tables, else zeros
+          item added since has no row (zeros)
       {"columns": [a, b], "constant": c}
     ]}
 
@@ -30,15 +29,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from recsys.artifacts import RunFolder
 from recsys.errors import ArtifactError
-
-if TYPE_CHECKING:
-    from recsys.index.semantic import SemanticIds
 
 
 def history_query_dir(run: RunFolder) -> Path:
@@ -91,41 +87,18 @@ class HistoryQuery:
         folder = history_query_dir(run)
         return cls(folder, dim) if folder.exists() else None
 
-    def _table_rows(self, name: str, items: np.ndarray, codes, present) -> np.ndarray:
-        """Rows of table ``name`` for item indices ``items (N,)``; items beyond the
-        catalogue from their codes ``(N, L)`` (where ``present``)."""
+    def _table_rows(self, name: str, items: np.ndarray) -> np.ndarray:
+        """Rows of table ``name`` for item indices ``items (N,)``; zeros for items beyond
+        the catalogue (added after training)."""
         table = self.arrays[name]
         rows = np.zeros((len(items), table.shape[1]))
         known = items < len(table)
         rows[known] = table[items[known]]
-        if codes is None or present is None:
-            return rows  # no semantic IDs: an added item has no row
-        added = ~known & present
-        level = 0
-        while f"{name}_code_{level}" in self.arrays:
-            rows[added] += self.arrays[f"{name}_code_{level}"][codes[added, level]]
-            level += 1
         return rows
 
-    def query_items(
-        self, vectors: np.ndarray, items: np.ndarray, sids: SemanticIds | None
-    ) -> np.ndarray:
-        """:meth:`query` with the history's codes looked up in ``sids`` (the served
-        semantic IDs, catalogue and added items; None for a run without them)."""
-        if sids is None:
-            return self.query(vectors, items)
-        return self.query(vectors, items, sids.codes[items], sids.present[items])
-
-    def query(
-        self,
-        vectors: np.ndarray,
-        items: np.ndarray,
-        codes: np.ndarray | None = None,
-        present: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def query(self, vectors: np.ndarray, items: np.ndarray) -> np.ndarray:
         """``(D,)`` float32 query of the history ``items (N,)`` (oldest first) whose item
-        vectors are ``vectors (N, D)``; ``codes (N, L)``, ``present (N,)``: their semantic
-        IDs, for table rows of items added after training."""
+        vectors are ``vectors (N, D)``."""
         query = vectors.mean(axis=0).astype(np.float64)
         for segment in self.segments:  # named columns: the sum of their segments
             a, b = segment["columns"]
@@ -140,7 +113,7 @@ class HistoryQuery:
             if segment["pool"] == "items":
                 rows = vectors[:, a:b]
             else:
-                rows = self._table_rows(segment["table"], items, codes, present)
+                rows = self._table_rows(segment["table"], items)
             pooled = weights @ rows
             if segment.get("normalize", False):
                 pooled = pooled / max(float(np.linalg.norm(pooled)), 1e-12)

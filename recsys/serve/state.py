@@ -42,8 +42,9 @@ from recsys.artifacts import RunFolder
 from recsys.data.idmap import IdMap
 from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.errors import DataError, RecsysError
-from recsys.index.faiss_index import ItemIndex, load_or_build
+from recsys.index.faiss_index import ItemIndex
 from recsys.index.fingerprint import run_fingerprint
+from recsys.index.run_index import load_or_build
 from recsys.index.semantic import SemanticIds
 from recsys.item_encoder import ItemContentEncoder, content_fields, load_item_encoder
 from recsys.serve.config import ServeConfig
@@ -253,9 +254,7 @@ class ServingState:
         if self.history_query is None:
             query = snap.index.vectors[hist_arr].mean(axis=0)
         else:  # the model's own user of these items, in this order
-            query = self.history_query.query_items(
-                snap.index.vectors[hist_arr], hist_arr, snap.sids
-            )
+            query = self.history_query.query(snap.index.vectors[hist_arr], hist_arr)
         return self._recommend(snap, query, k, excluded, hist_arr)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:

@@ -37,8 +37,9 @@ Variants: ``semantic_input: content`` quantizes the content vectors themselves (
 towers: the codeword sums live in content space and, with ``codebook_update: grad``, are
 trained by the recommendation loss); ``user_semantic: history`` scores a user by the
 recency-weighted mean of their history's item semantic vectors; ``freeze_sids_epoch``
-fixes the semantic IDs from that epoch on (the towers stop training; codes are assigned
-with the codebooks of that moment), optionally after a balanced k-means refit.
+fixes the semantic IDs from that epoch on, after a balanced k-means refit (the towers
+stop training; codes are assigned with the refitted codebooks). The settings, and which
+shipped configs use them: ``docs/das-settings.md``.
 
 The package: :mod:`~recsys.models.das.config` (settings), :mod:`~recsys.models.das.inputs`
 (frozen input blocks, history means and pooling), :mod:`~recsys.models.das.towers` (the

@@ -3,8 +3,7 @@ chosen once when the model is built:
 
 * :class:`AddCombination` (``add``): the semantic embedding is added to the
   collaborative interest factor, ``[e^int + γ s ; e^pop]`` (a warm item's ``e`` weighted
-  by ``item_id_weight``, a cold item's zero), before or (``propagate_semantic``) after
-  LightGCN's propagation;
+  by ``item_id_weight``, a cold item's zero) after LightGCN's propagation;
 * :class:`ConcatCombination` (``concat``): ``[collaborative ; γ·semantic]`` for users and
   ``[collaborative ; semantic]`` for items (:class:`~recsys.models.das.vectors.ConcatVectors`),
   then the next-item transition block.
@@ -76,15 +75,9 @@ class AddCombination:
     def embeddings(self, model: DualAlignedSemanticIDs) -> tuple[Tensor, Tensor, Tensor]:
         s_i = model.item_tower(None).quantized
         s_u = model.user_tower(None).quantized if model.user_tower is not None else None
-        if model.config.propagate_semantic:
-            users, items = model.propagation(
-                self.final(model, model.user.weight, s_u, None),
-                self.final(model, model.item.weight, s_i, model.warm),
-            )
-        else:
-            e_u, e_i = model.propagation(model.user.weight, model.item.weight)
-            users = self.final(model, e_u, s_u, None)
-            items = self.final(model, e_i, s_i, model.warm)
+        e_u, e_i = model.propagation(model.user.weight, model.item.weight)
+        users = self.final(model, e_u, s_u, None)
+        items = self.final(model, e_i, s_i, model.warm)
         return users, items, s_i
 
     def batch(self, model: DualAlignedSemanticIDs, batch: dict[str, Tensor]) -> BatchVectors:
@@ -93,37 +86,20 @@ class AddCombination:
         s_u = None
         e_u_all, e_i_all = model.propagation(model.user.weight, model.item.weight)
         e_u, e_p, e_n = e_u_all[users], e_i_all[pos], e_i_all[neg]
-        if model.config.propagate_semantic:
-            # Every node's semantic embedding enters the propagation: towers over all rows.
-            item_out = model.item_tower(None)
-            s_pos, s_neg = item_out.quantized[pos], item_out.quantized[neg]
-            terms: dict[str, Tensor] = {"quant_loss": item_out.loss}
-            s_u_all = None
-            if model.user_tower is not None:
-                user_out = model.user_tower(None)
-                s_u_all = user_out.quantized
-                s_u = s_u_all[users]
-                terms["quant_loss"] = terms["quant_loss"] + user_out.loss
-            f_u_all, f_i_all = model.propagation(
-                self.final(model, model.user.weight, s_u_all, None),
-                self.final(model, model.item.weight, item_out.quantized, model.warm),
-            )
-            u_final, p_final, n_final = f_u_all[users], f_i_all[pos], f_i_all[neg]
-        else:
-            # One tower pass over the batch's distinct items (and users): one EMA update.
-            items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-            item_out = model.item_tower(items)
-            s_items = item_out.quantized
-            s_pos, s_neg = s_items[inverse[: len(pos)]], s_items[inverse[len(pos) :]]
-            terms = {"quant_loss": item_out.loss}
-            if model.user_tower is not None:
-                uniq_u, inv_u = torch.unique(users, return_inverse=True)
-                user_out = model.user_tower(uniq_u)
-                s_u = user_out.quantized[inv_u]
-                terms["quant_loss"] = terms["quant_loss"] + user_out.loss
-            u_final = self.final(model, e_u, s_u, None)
-            p_final = self.final(model, e_p, s_pos, model.warm[pos])
-            n_final = self.final(model, e_n, s_neg, model.warm[neg])
+        # One tower pass over the batch's distinct items (and users): one EMA update.
+        items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        item_out = model.item_tower(items)
+        s_items = item_out.quantized
+        s_pos, s_neg = s_items[inverse[: len(pos)]], s_items[inverse[len(pos) :]]
+        terms = {"quant_loss": item_out.loss}
+        if model.user_tower is not None:
+            uniq_u, inv_u = torch.unique(users, return_inverse=True)
+            user_out = model.user_tower(uniq_u)
+            s_u = user_out.quantized[inv_u]
+            terms["quant_loss"] = terms["quant_loss"] + user_out.loss
+        u_final = self.final(model, e_u, s_u, None)
+        p_final = self.final(model, e_p, s_pos, model.warm[pos])
+        n_final = self.final(model, e_n, s_neg, model.warm[neg])
         terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
         terms["reg_loss"] = l2_penalty(
             model.user.weight[users], model.item.weight[pos], model.item.weight[neg]
@@ -145,7 +121,7 @@ class ConcatCombination:
         users, items = vectors.users, vectors.items
         d = model.config.dim
         items = torch.cat([items[:, :d], items[:, d:] * model.item_semantic_scale[:, None]], 1)
-        users, items = with_transition(model.transition, users, items, item_out.codes)
+        users, items = with_transition(model.transition, users, items)
         return users, items, item_out.quantized
 
     def batch(self, model: DualAlignedSemanticIDs, batch: dict[str, Tensor]) -> BatchVectors:
@@ -184,7 +160,7 @@ class ConcatCombination:
             terms["quant_loss"] = terms["quant_loss"] + user_out.loss
         # the pair's preceding items → its item
         u_final, p_final, n_final, reg = batch_with_transition(
-            model.transition, batch, u_final, p_final, n_final, item_out.codes
+            model.transition, batch, u_final, p_final, n_final
         )
         terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
         ego_rows = [rows(model.user.weight, users), rows(ego, pos), rows(ego, neg)]

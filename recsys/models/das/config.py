@@ -29,39 +29,14 @@ class DASConfig(TransitionFields):
     pop_dim: int = Field(default=16, ge=0, description="conformity-factor columns of dim")
     layers: int = 2
     semantic_weight: float = Field(default=1.0, description="γ in the final representation")
-    learn_semantic_weight: bool = Field(
-        default=False,
-        description="concat mode: γ is a trained scalar (kept positive, starting at"
-        " semantic_weight), so the recommendation loss sets how much the semantic score"
-        " counts even when the codewords themselves do not train (codebook_update: ema)",
-    )
     temperature: float = 0.2
-    rec_loss: Literal["bpr", "softmax"] = Field(
-        default="bpr",
-        description="recommendation loss on the final score: bpr (one sampled negative per"
-        " pair) or softmax (in-batch sampled softmax over the batch's positives, on the"
-        " same dot products that retrieval ranks by, divided by rec_temperature)",
-    )
-    rec_temperature: float = Field(default=1.0, gt=0, description="softmax rec_loss: τ")
     align_batch_size: int = Field(default=256, ge=2, description="rows used by InfoNCE terms")
-    align_mask_duplicates: bool = Field(
-        default=False,
-        description="InfoNCE terms leave out of a row's negatives the columns whose user or"
-        " item is the row's own (a popular item drawn twice, a user's other positives)",
-    )
     input_dim: int = Field(default=64, ge=1, description="PCA size of each frozen feature block")
     dual: bool = Field(default=True, description="user semantic tower and user quantizer")
     code_embeddings: bool = Field(
         default=True,
         description="add learned per-level code embeddings (indexed by the jointly trained"
         " codes) to the codeword sum, as the two-stage model represents items",
-    )
-    propagate_semantic: bool = Field(
-        default=False,
-        description="score with LightGCN propagation of the combined (collaborative +"
-        " semantic) ego embeddings, so that semantic-ID embeddings are smoothed over the"
-        " graph as in the two-stage model; False: the semantic part is added after"
-        " propagation",
     )
     item_id_weight: float = Field(
         default=1.0,
@@ -76,13 +51,9 @@ class DASConfig(TransitionFields):
         description="epoch from which the semantic IDs (items and users) are frozen: until"
         " then quantization and alignment are learned jointly (one stage); from then on"
         " the towers stop moving and the embeddings indexed by the IDs (code embeddings,"
-        " user/item ID embeddings) keep training on stable IDs. None: never frozen",
-    )
-    refit_at_freeze: bool = Field(
-        default=False,
-        description="at the freeze, re-fit each quantizer by residual k-means (balanced"
-        " last level, as RQ-KMeans) on its tower's outputs, so that the frozen IDs use"
-        " every code",
+        " user/item ID embeddings) keep training on stable IDs. At the freeze each quantizer"
+        " is re-fit by residual k-means (balanced last level, as RQ-KMeans) on its tower's"
+        " outputs, so that the frozen IDs use every code. None: never frozen",
     )
     semantic_input: Literal["blocks", "content"] = Field(
         default="blocks",
@@ -166,9 +137,6 @@ class DASConfig(TransitionFields):
         description="semantic_input content: PCA the content vectors to this many"
         " dimensions first (keeps wide content, e.g. 1,021-d on Beauty, cheap to score)",
     )
-    modality_weights: dict[str, float] = Field(
-        default_factory=dict, description="semantic_input content: weight of each block"
-    )
     history_decay: float = Field(
         default=0.9, gt=0, le=1, description="recency weight of the user's history content"
     )
@@ -177,27 +145,12 @@ class DASConfig(TransitionFields):
     revive_codes: bool = Field(
         default=False,
         description="after each epoch's last training step (before validation), re-seed"
-        " every code that no row's dropout-free assignment uses onto the rows with the"
-        " largest quantisation error (a dataset-wide dead-code reset, items and users), so"
+        " every code that no row's dropout-free assignment uses by splitting the most"
+        " distorted live code's rows by 2-means (at the last level first parting rows that"
+        " share a whole ID; a new code starts from its source code's code embedding: a"
+        " dataset-wide dead-code reset, items and users), so"
         " that the IDs evaluated and saved use every code the rows allow; training-time"
         " restarts (dead_code_steps) only see codes unused by the perturbed batch rows",
-    )
-    revive_method: Literal["row", "split"] = Field(
-        default="row",
-        description="revive_codes: how a dead code is re-seeded. row: onto one row's residual"
-        " (largest error first), which zeroes that row's deeper residuals; split: it takes"
-        " half of the most distorted live code's rows (2-means on their residuals) and"
-        " starts from that code's code embedding, and at the last level it first parts"
-        " rows that share a whole ID",
-    )
-    codes_from_eval_fusion: bool = Field(
-        default=False,
-        description="semantic_input blocks: while training, choose each entity's codes (and"
-        " update the codebooks, restart dead codes) from its fusion output without dropout,"
-        " as evaluation and serving do, so that a row gets the same ID in both; the"
-        " dropout-perturbed output still takes the commitment loss and the straight-through"
-        " gradient. False: codes from the perturbed output (codes then fed only by"
-        " perturbed rows go unused at evaluation: about a tenth of them on ml-100k cold-10)",
     )
     item_quantizer: QuantizerConfig = QuantizerConfig(
         levels=3, codebook_size=256, sinkhorn_last_level=False, dead_code_steps=200
@@ -206,17 +159,12 @@ class DASConfig(TransitionFields):
         levels=3, codebook_size=256, sinkhorn_last_level=False, dead_code_steps=200
     )
     weights: LossWeights = LossWeights()
-
     @model_validator(mode="after")
     def _check(self) -> DASConfig:
         if not 0 <= self.pop_dim < self.dim:
             raise ValueError("pop_dim must be in [0, dim)")
         if self.semantic_input == "content" and self.semantic_combination != "concat":
             raise ValueError("semantic_input: content needs semantic_combination: concat")
-        if self.learn_semantic_weight and (
-            self.semantic_combination != "concat" or self.semantic_weight <= 0
-        ):
-            raise ValueError("learn_semantic_weight needs concat and semantic_weight > 0")
         if self.popularity_in_training and (
             self.popularity_source != "content" or self.popularity_weight <= 0
         ):
@@ -234,15 +182,7 @@ class DASConfig(TransitionFields):
                 "history_leave_target_out needs semantic_combination: concat and a pooled"
                 " history (user_semantic: history or user_history_weight > 0)"
             )
-        if self.revive_method != "row" and not self.revive_codes:
-            raise ValueError("revive_method needs revive_codes: true")
-        if self.semantic_combination == "concat" and self.propagate_semantic:
-            raise ValueError(
-                "semantic_combination: concat propagates the code embeddings"
-                " already; propagate_semantic must be false"
-            )
         return self
-
     @property
     def interest_dim(self) -> int:
         return self.dim - self.pop_dim

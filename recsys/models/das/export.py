@@ -45,7 +45,7 @@ def history_query(
     width = d + (item_out.quantized.shape[1] if semantic else 0)
     if model.pool_history:  # a user tower's semantic vector: left to the mean
         segments.append({"columns": [d, width], **recency, "scale": model.semantic_weight()})
-    width = add_transition_segment(segments, arrays, model.transition, width, item_out.codes)
+    width = add_transition_segment(segments, arrays, model.transition, width)
     if cfg.popularity_weight > 0:
         segments.append({"columns": [width, width + 1], "constant": cfg.popularity_weight})
     return segments, arrays
@@ -64,9 +64,6 @@ def write_item_encoder(model: DualAlignedSemanticIDs, folder: Path) -> None:
     if model.item_code_emb is not None:
         for level, emb in enumerate(model.item_code_emb):
             arrays[f"item_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
-    if model.transition is not None and model.transition.target_codes is not None:
-        for level, emb in enumerate(model.transition.target_codes):
-            arrays[f"transition_code_emb_{level}"] = emb.weight.detach().cpu().numpy()
     if model.content_popularity is not None:
         import joblib  # scikit-learn's own persistence, as the content model's encoder
 
@@ -98,7 +95,6 @@ def write_item_encoder(model: DualAlignedSemanticIDs, folder: Path) -> None:
         },
         "fusion": None if model.item_tower.identity else cfg.item_fusion.model_dump(mode="json"),
         "semantic_input": cfg.semantic_input,
-        "modality_weights": cfg.modality_weights,
         "semantic_combination": cfg.semantic_combination,
         "semantic_part": model.user_tower is not None or model.pool_history,
         "layers": cfg.layers,
@@ -110,9 +106,6 @@ def write_item_encoder(model: DualAlignedSemanticIDs, folder: Path) -> None:
         "semantic_weight": model.semantic_weight(),
         "cold_semantic_weight": cfg.cold_semantic_weight,
         "transition_dim": cfg.transition_dim if model.transition is not None else 0,
-        "transition_codes": model.transition is not None and model.transition.uses_codes,
         "code_embeddings": cfg.code_embeddings,
-        # a node without edges ends LightGCN's layer mean as ego / (layers + 1)
-        "propagated_layers": cfg.layers if cfg.propagate_semantic else 0,
     }
     (folder / "encoder.json").write_text(json.dumps(spec, indent=2))

@@ -74,7 +74,7 @@ def item_inputs(
     if set); blocks: each feature block through :func:`fit_block_transforms`."""
     transforms: dict[str, BlockTransform] = {}
     if config.semantic_input == "content":
-        content = content_item_matrix(graph.item_features, config.modality_weights)
+        content = content_item_matrix(graph.item_features, {})
         present = np.ones(len(content), dtype=bool)
         if config.content_dim is not None and content.shape[1] > config.content_dim:
             from sklearn.decomposition import PCA

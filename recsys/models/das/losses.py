@@ -13,29 +13,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recsys.models.das.config import LossWeights
-from recsys.models.losses import bpr_loss, in_batch_softmax_loss, info_nce, orthogonality_loss
+from recsys.models.losses import bpr_loss, info_nce, orthogonality_loss
 
-Contrastive = Callable[[Tensor, Tensor, Tensor | None, Tensor | None], Tensor]
+Contrastive = Callable[[Tensor, Tensor], Tensor]
 
 
-def recommendation_loss(
-    kind: str, temperature: float, user: Tensor, pos: Tensor, neg: Tensor
-) -> Tensor:
-    """``rec``: BPR on ``(B, D)`` user · positive vs user · negative, or (``softmax``) the
-    in-batch sampled softmax over the batch's positives at ``temperature``."""
-    if kind == "softmax":
-        return in_batch_softmax_loss(user, pos, temperature)
+def recommendation_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """``rec``: BPR on ``(B, D)`` user · positive vs user · negative."""
     return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
 
 
-def contrastive(temperature: float, mask_duplicates: bool) -> Contrastive:
-    """InfoNCE ``(anchors, positives, anchor ids, positive ids)`` at ``temperature``: with
-    ``mask_duplicates``, false negatives (the row's own entity) are left out."""
+def contrastive(temperature: float) -> Contrastive:
+    """InfoNCE ``(anchors, positives)`` at ``temperature`` (in-batch negatives)."""
 
-    def nce(a_: Tensor, p_: Tensor, a_ids: Tensor | None, p_ids: Tensor | None) -> Tensor:
-        if not mask_duplicates:
-            a_ids = p_ids = None
-        return info_nce(a_, p_, temperature, a_ids, p_ids)
+    def nce(a_: Tensor, p_: Tensor) -> Tensor:
+        return info_nce(a_, p_, temperature)
 
     return nce
 
@@ -76,14 +68,14 @@ def alignment_losses(
     """``(align_dual, align_self)``: ``s_u ↔ e_i^int`` + ``e_u^int ↔ s_i``, and
     ``s_i ↔ e_i^int`` + ``s_u ↔ e_u^int`` (the user terms only with a user semantic vector
     ``s_u``); ``s_u``, ``s_pos``: the pairs' semantic vectors in the interest space."""
-    a, uid, iid = pairs.index, pairs.users, pairs.items
+    a = pairs.index
     ui, ii = pairs.user_interest, pairs.item_interest
-    align_self = nce(s_pos[a], ii, iid, None)
+    align_self = nce(s_pos[a], ii)
     if s_u is not None:
-        align_dual = nce(s_u[a], ii, uid, iid) + nce(ui, s_pos[a], uid, iid)
-        align_self = align_self + nce(s_u[a], ui, uid, None)
+        align_dual = nce(s_u[a], ii) + nce(ui, s_pos[a])
+        align_self = align_self + nce(s_u[a], ui)
     else:
-        align_dual = nce(ui, s_pos[a], uid, iid)
+        align_dual = nce(ui, s_pos[a])
     return align_dual, align_self
 
 
@@ -103,11 +95,11 @@ def cooc_loss(
     a, uid, iid = pairs.index, pairs.users, pairs.items
     j = item_neighbors(uid)
     s_j = s_items(j)
-    loss = nce(s_pos[a], s_j, iid, j)
+    loss = nce(s_pos[a], s_j)
     if s_users is not None and s_u is not None:
         v = user_neighbors(iid)
         s_v = s_users(v)
-        loss = loss + nce(s_u[a], s_v, uid, v)
+        loss = loss + nce(s_u[a], s_v)
     return loss
 
 

@@ -3,7 +3,6 @@ it computes). Its inputs, towers, loss terms and serving export live beside it."
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,6 @@ class DualAlignedSemanticIDs(Recommender):
             config.item_quantizer,
             sem_dim,
             tower_codes,
-            config.codes_from_eval_fusion,
         )
         self.user_tower = None
         if config.dual:
@@ -91,7 +89,6 @@ class DualAlignedSemanticIDs(Recommender):
                 config.user_quantizer,
                 sem_dim,
                 tower_codes,
-                config.codes_from_eval_fusion,
             )
         self.pool_history = self.concat and config.user_semantic == "history"
         self.collab_history = self.concat and config.user_history_weight > 0
@@ -101,9 +98,7 @@ class DualAlignedSemanticIDs(Recommender):
             self.register_buffer("history_pool", None, persistent=False)
             self.register_buffer("history_keys", None, persistent=False)
             self._set_history_pool(history_pooling(graph, config.history_decay))
-        self.transition = transition_block(  # concat only (validated)
-            config, graph, config.item_quantizer.levels, config.item_quantizer.codebook_size
-        )
+        self.transition = transition_block(config, graph)  # concat only (validated)
         # concat: the collaborative item embedding holds the semantic ID's code embeddings
         self.item_code_emb = None
         if self.concat and config.code_embeddings:
@@ -127,9 +122,6 @@ class DualAlignedSemanticIDs(Recommender):
         if sem_dim != d_int:
             self.align_item = nn.Linear(sem_dim, d_int, bias=False)
             self.align_user = nn.Linear(sem_dim, d_int, bias=False)
-        self.log_semantic_weight = None
-        if config.learn_semantic_weight:
-            self.log_semantic_weight = nn.Parameter(torch.tensor(math.log(config.semantic_weight)))
         self.user = nn.Embedding(graph.n_users, config.dim)
         self.item = nn.Embedding(graph.n_items, config.dim)
         nn.init.xavier_uniform_(self.user.weight)
@@ -166,7 +158,7 @@ class DualAlignedSemanticIDs(Recommender):
             return
         for tower in (self.item_tower, self.user_tower):
             if tower is not None:
-                tower.freeze(refit=self.config.refit_at_freeze)
+                tower.freeze()
 
     @torch.no_grad()
     def after_epoch_steps(self) -> dict[str, Tensor]:
@@ -179,8 +171,7 @@ class DualAlignedSemanticIDs(Recommender):
             if tower is not None
             for p_name, p in tower.named_parameters()
         }
-        method = self.config.revive_method
-        self._revived = sum(t.revive_unused_codes(method) for t in towers.values() if t is not None)
+        self._revived = sum(t.revive_unused_codes() for t in towers.values() if t is not None)
         params = dict(self.named_parameters())
         edited = {name: params[name].detach() != old for name, old in before.items()}
         return {name: mask for name, mask in edited.items() if bool(mask.any())}
@@ -232,7 +223,7 @@ class DualAlignedSemanticIDs(Recommender):
         if self.collab_history:
             c_hist = sparse_matmul(self.history_pool, c_i)
             c_u = c_u + self.config.user_history_weight * c_hist
-        gamma = self._gamma()
+        gamma = self.config.semantic_weight
         s_i = item_out.quantized
         if self.pool_history:
             s_u = sparse_matmul(self.history_pool, s_i)
@@ -277,7 +268,7 @@ class DualAlignedSemanticIDs(Recommender):
             collab = collab + beta * change(rows(vectors.collab_history, users), target[:, :d])
         semantic = rows(vectors.semantic_users, users)
         if self.pool_history:  # γ·s_u = Σ_j w_j (γ s_j)
-            semantic = semantic + change(semantic, self._gamma() * target[:, d:])
+            semantic = semantic + change(semantic, self.config.semantic_weight * target[:, d:])
         return torch.cat([collab, semantic], 1), collab
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
@@ -319,9 +310,7 @@ class DualAlignedSemanticIDs(Recommender):
             pop = self.content_popularity_column
             user = self._with_prior_weight(user)
             pos, neg = append_column(pos, pop[pos_items]), append_column(neg, pop[neg_items])
-        return recommendation_loss(
-            self.config.rec_loss, self.config.rec_temperature, user, pos, neg
-        )
+        return recommendation_loss(user, pos, neg)
 
     def _aux_losses(self, batch: dict[str, Tensor], vectors: BatchVectors) -> dict[str, Tensor]:
         """Alignment, co-occurrence and debias terms on the batch's ``vectors`` (with the
@@ -332,7 +321,7 @@ class DualAlignedSemanticIDs(Recommender):
         pairs = aligned_pairs(
             batch["users"], batch["pos_items"], e_u, e_p, cfg.align_batch_size, cfg.interest_dim
         )
-        nce = contrastive(cfg.temperature, cfg.align_mask_duplicates)
+        nce = contrastive(cfg.temperature)
         zero = e_u.new_zeros(())
         terms["align_dual_loss"], terms["align_self_loss"] = alignment_losses(
             nce, pairs, s_u, s_pos
@@ -364,16 +353,9 @@ class DualAlignedSemanticIDs(Recommender):
         return self.align_user(self.user_tower(users).quantized)
 
     # ------------------------------------------------------------- semantic-ID health
-    def _gamma(self) -> Tensor | float:
-        """γ: the configured float, or the learned one as a tensor (so that it trains)."""
-        if self.log_semantic_weight is None:
-            return self.config.semantic_weight
-        return self.log_semantic_weight.exp()
-
     def semantic_weight(self) -> float:
-        """γ as it stands: the configured one, or the learned one."""
-        gamma = self._gamma()
-        return float(gamma.detach()) if isinstance(gamma, Tensor) else float(gamma)
+        """γ, the weight of the semantic part."""
+        return float(self.config.semantic_weight)
 
     def epoch_metrics(self) -> dict[str, float]:
         codes = self.item_tower.codes()
@@ -385,8 +367,6 @@ class DualAlignedSemanticIDs(Recommender):
         if previous is not None and previous.shape == codes.shape:
             out["sid_changed_frac"] = float((previous != codes).any(dim=1).float().mean())
         self._previous_codes = codes.clone()
-        if self.log_semantic_weight is not None:
-            out["semantic_weight"] = self.semantic_weight()
         if self.config.revive_codes:
             out["sid_revived_codes"] = float(getattr(self, "_revived", 0))
         return out

@@ -10,7 +10,6 @@ serving encoder imports it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -48,11 +47,9 @@ class SemanticTower(nn.Module):
         quantizer: QuantizerConfig,
         out_dim: int,
         code_embeddings: bool = False,
-        codes_from_eval_fusion: bool = False,
     ):
         super().__init__()
         self.identity = fusion is None
-        self.codes_from_eval_fusion = codes_from_eval_fusion
         if self.identity:  # quantize the input blocks themselves (content space)
             if out_dim != sum(dims.values()):
                 raise ValueError(f"identity tower: out_dim {out_dim} != input dims {dims}")
@@ -78,10 +75,7 @@ class SemanticTower(nn.Module):
         if bool(self.frozen):
             with torch.no_grad():
                 return self.from_codes(self.assign(self.fusion(inputs)))
-        z, clean = self.fusion(inputs), None
-        if self.codes_from_eval_fusion and self.training and not self.identity:
-            clean = self.eval_fusion(inputs)  # the codes evaluation will assign
-        out = self.quantizer(z, assign_from=clean)
+        out = self.quantizer(self.fusion(inputs))
         if self.identity:
             out = dataclasses.replace(out, quantized=out.codewords)
         if self.code_emb is not None:
@@ -134,10 +128,9 @@ class InputTower(SemanticTower):
         quantizer: QuantizerConfig,
         out_dim: int,
         code_embeddings: bool = False,
-        codes_from_eval_fusion: bool = False,
     ):
         dims = {name: int(x.shape[1]) for name, (x, _) in blocks.items()}
-        super().__init__(dims, fusion, quantizer, out_dim, code_embeddings, codes_from_eval_fusion)
+        super().__init__(dims, fusion, quantizer, out_dim, code_embeddings)
         self.names = list(blocks)
         self._store_inputs(blocks)
         # k-means initialisation on every row (not just a first batch), so that the codes
@@ -173,15 +166,13 @@ class InputTower(SemanticTower):
         return self.eval_fusion(self.inputs(None))
 
     @torch.no_grad()
-    def revive_unused_codes(self, method: Literal["row", "split"] = "row") -> int:
+    def revive_unused_codes(self) -> int:
         """A dataset-wide dead-code reset over every row (none once frozen) → how many
-        codes were re-seeded. ``row``: :meth:`ResidualQuantizer.revive_unused`; ``split``:
-        :meth:`ResidualQuantizer.split_unused`, each new code's embedding row starting as
-        its source code's, so the rows it takes over keep their code embedding."""
+        codes were re-seeded: :meth:`ResidualQuantizer.split_unused`, each new code's
+        embedding row starting as its source code's, so the rows it takes over keep their
+        code embedding."""
         if bool(self.frozen):
             return 0
-        if method == "row":
-            return self.quantizer.revive_unused(self._fused_all())
         moves = self.quantizer.split_unused(self._fused_all())
         if self.code_emb is not None:
             for level, target, source in moves:
@@ -206,21 +197,18 @@ class InputTower(SemanticTower):
         return self.frozen_codes.clone() if bool(self.frozen) else self._all_codes()
 
     @torch.no_grad()
-    def freeze(self, refit: bool = False) -> None:
-        """Fix the semantic IDs for good: from now on codes are assigned with the
-        codebooks as they are now, and the fusion no longer trains.
-
-        ``refit``: first re-fit the codebooks by residual k-means on the tower's current
-        outputs over every row (balanced last level, as RQ-KMeans), so that the frozen
-        IDs use every code the data allows; the code embeddings, indexed by the codes
-        they replace, restart from zero."""
-        if refit:
-            z = self._fused_all()
-            self.quantizer.init_codebooks(z)
-            self.quantizer.balance_last_level(z, self.quantizer.kmeans_iters)
-            if self.code_emb is not None:
-                for emb in self.code_emb:
-                    emb.weight.zero_()
+    def freeze(self) -> None:
+        """Fix the semantic IDs for good: re-fit the codebooks by residual k-means on the
+        tower's current outputs over every row (balanced last level, as RQ-KMeans), so
+        that the frozen IDs use every code the data allows (the code embeddings, indexed
+        by the codes they replace, restart from zero); from now on codes are assigned
+        with these codebooks, and the fusion no longer trains."""
+        z = self._fused_all()
+        self.quantizer.init_codebooks(z)
+        self.quantizer.balance_last_level(z, self.quantizer.kmeans_iters)
+        if self.code_emb is not None:
+            for emb in self.code_emb:
+                emb.weight.zero_()
         self.frozen_books.copy_(self.quantizer.codebooks)
         self.frozen.fill_(True)
         self.frozen_codes.copy_(self._all_codes())

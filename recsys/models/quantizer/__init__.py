@@ -5,19 +5,14 @@
 """
 
 from recsys.models.quantizer.config import QuantizerConfig
-from recsys.models.quantizer.core import (
-    QuantizerOutput,
-    ResidualQuantizer,
-    kmeans_centroids,
-    pairwise_sq_dists,
-    sinkhorn_assign,
-)
+from recsys.models.quantizer.core import QuantizerOutput, ResidualQuantizer
 from recsys.models.quantizer.ids import (
     SemanticIDMap,
     assign_semantic_ids,
     build_id_maps,
     codebook_stats,
 )
+from recsys.models.quantizer.kmeans import kmeans_centroids, pairwise_sq_dists, sinkhorn_assign
 from recsys.models.quantizer.models import (
     RQVAE,
     RQKMeans,

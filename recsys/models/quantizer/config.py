@@ -40,18 +40,24 @@ class QuantizerConfig(StrictModel):
     dead_code_steps: int = Field(100, ge=0)
     # Balanced (Sinkhorn optimal-transport) assignment at the last level while training
     # (RQ-VAE) or as a balanced k-means refinement of the last level (RQ-KMeans).
+    # Encoding is always the nearest code (argmin): an item's ID is a function of the item
+    # alone, so encoding subsets or new items never changes existing IDs.
     sinkhorn_last_level: bool = True
-    # Also use Sinkhorn at encode time, over the whole array given to ``encode`` at once.
-    # Deterministic for a given input set, but an item's code then depends on the other
-    # items encoded with it; False (default) makes every item's ID a function of the item
-    # alone (argmin), so encoding subsets or new items never changes existing IDs.
-    sinkhorn_at_encode: bool = False
     sinkhorn_iters: int = Field(50, ge=1)
     sinkhorn_epsilon: float = Field(0.05, gt=0.0)
     kmeans_iters: int = Field(25, ge=1)
     # k-means initialisation uses at most this many items (a seeded random subset).
     kmeans_max_points: int = Field(65536, ge=2)
     encode_batch_size: int = Field(8192, ge=1)
+
+    @classmethod
+    def from_saved(cls, data: dict) -> QuantizerConfig:
+        """The config saved with an artifact (``quantizer.pt``, a DAS item encoder); one
+        written before ``sinkhorn_at_encode`` was removed (issue 29) has it False, the
+        only behaviour left."""
+        if data.get("sinkhorn_at_encode") is False:
+            data = {k: v for k, v in data.items() if k != "sinkhorn_at_encode"}
+        return cls.model_validate(data)
 
     @model_validator(mode="after")
     def _check(self) -> QuantizerConfig:

@@ -20,18 +20,22 @@ through estimate ``z + sg(sum_l e_l - z)``: its gradient w.r.t. ``z`` is the ide
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import faiss
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.models.quantizer.config import QuantizerConfig
+from recsys.models.quantizer.kmeans import (
+    kmeans_centroids,
+    pairwise_sq_dists,
+    sinkhorn_assign,
+    subsample,
+    two_means,
+)
 
 _EMA_EPS = 1e-5
 
@@ -49,89 +53,6 @@ class QuantizerOutput:
     # (B, d) the same codeword sum as ``quantized`` in value, but differentiable with
     # respect to the codebooks (in "grad" mode) instead of the input
     codewords: Tensor | None = None
-
-
-def pairwise_sq_dists(x: Tensor, c: Tensor) -> Tensor:
-    """Squared Euclidean distances (B, K) between rows of ``x`` (B, d) and ``c`` (K, d)."""
-    d = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.t()) + (c * c).sum(1)[None, :]
-    return d.clamp_min_(0.0)
-
-
-def sinkhorn_assign(dists: Tensor, epsilon: float = 0.05, iters: int = 50) -> Tensor:
-    """Balanced assignment of B items to K codes by entropic optimal transport.
-
-    The distances are standardised (zero mean, unit std over the matrix) so that
-    ``epsilon`` is scale free; Sinkhorn iterations (float64) then find the plan
-    ``P = diag(u) exp(-d / epsilon) diag(v)`` with uniform item marginals (1/B) and uniform
-    code marginals (1/K), and each item takes the code with the largest mass in its row.
-    A pure function of ``dists``: deterministic, but it depends on which items are in the
-    batch. Runs in the scaling domain (two mat-vecs per iteration) with each row shifted by
-    its minimum; falls back to the log domain if that under/overflows.
-    """
-    b, k = dists.shape
-    d = dists.detach().double()
-    d = (d - d.mean()) / (d.std() + 1e-12) if d.numel() > 1 else d * 0.0
-    logits = -(d - d.min(dim=1, keepdim=True).values) / epsilon  # <= 0, row max = 0
-    kern = logits.exp()
-    a, bm = 1.0 / b, 1.0 / k
-    v = torch.ones(k, dtype=kern.dtype, device=kern.device)
-    with torch.no_grad():
-        for _ in range(iters):
-            u = a / (kern @ v)
-            v = bm / (kern.t() @ u)
-        if bool(torch.isfinite(v).all()) and bool(torch.isfinite(u).all()):
-            return (kern * v[None, :]).argmax(dim=1)
-        log_p = logits
-        for _ in range(iters):
-            log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True) + math.log(a)
-            log_p = log_p - torch.logsumexp(log_p, dim=0, keepdim=True) + math.log(bm)
-        return log_p.argmax(dim=1)
-
-
-def kmeans_centroids(x: Tensor, k: int, iters: int, seed: int) -> Tensor:
-    """``k`` centroids of ``x`` (N, d): seeded k-means++ seeding, then ``faiss.Kmeans``.
-
-    k-means++ (D^2 sampling) makes a merged-clusters local optimum unlikely, which plain
-    random seeding often hits on well-separated data. With fewer than ``k`` points the
-    points are repeated with a small seeded jitter (dead-code restarts re-seed them later).
-    Returned on x's device.
-    """
-    n, dim = x.shape
-    gen = torch.Generator().manual_seed(seed)
-    xc = x.detach().to("cpu", torch.float32)
-    if n < k:
-        base = xc[torch.arange(k) % n]
-        scale = float(xc.std()) if n > 1 else 1.0
-        jitter = torch.randn(k, dim, generator=gen) * 1e-3 * (scale or 1.0)
-        jitter[:n] = 0.0
-        return (base + jitter).to(x.device)
-    init = _kmeanspp(xc, k, gen)
-    xs = np.ascontiguousarray(xc.numpy())
-    # min_points_per_centroid only decides when FAISS warns (fewer than 39 points a code,
-    # normal for small catalogues); the fit is the same.
-    km = faiss.Kmeans(dim, k, niter=iters, seed=seed, verbose=False, min_points_per_centroid=1)
-    km.train(xs, init_centroids=np.ascontiguousarray(init.numpy()))
-    cent = torch.from_numpy(np.array(km.centroids, dtype=np.float32).reshape(k, dim))
-    return cent.to(x.device)
-
-
-def _kmeanspp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """k-means++ seeding: each new seed is drawn with probability proportional to its
-    squared distance to the nearest seed so far (uniformly once all distances are 0)."""
-    n = x.shape[0]
-    sq = (x.double() ** 2).sum(1)
-    idx = torch.empty(k, dtype=torch.long)
-    idx[0] = torch.randint(n, (1,), generator=gen)
-    d2 = (sq - 2.0 * (x @ x[idx[0]]).double() + sq[idx[0]]).clamp_min(0.0)
-    for i in range(1, k):
-        total = float(d2.sum())
-        if total > 0.0:
-            idx[i] = torch.multinomial(d2 / total, 1, generator=gen)
-        else:
-            idx[i] = torch.randint(n, (1,), generator=gen)
-        new = (sq - 2.0 * (x @ x[idx[i]]).double() + sq[idx[i]]).clamp_min(0.0)
-        d2 = torch.minimum(d2, new)
-    return x[idx].clone()
 
 
 class ResidualQuantizer(nn.Module):
@@ -227,7 +148,7 @@ class ResidualQuantizer(nn.Module):
         At most ``kmeans_max_points`` rows are used (a seeded random subset).
         """
         z = self._check_input(z).detach()
-        z = _subsample(z, self.kmeans_max_points, self.seed)
+        z = subsample(z, self.kmeans_max_points, self.seed)
         residual = z.float()
         for level in range(self.levels):
             cent = kmeans_centroids(
@@ -238,49 +159,6 @@ class ResidualQuantizer(nn.Module):
             residual = residual - cent[codes]
         self.unused_steps.zero_()
         self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def revive_unused(self, z: Tensor, rounds: int = 8) -> int:
-        """A dataset-wide dead-code reset: level by level, every code that no row of ``z``
-        (N, d) chooses (argmin, as :meth:`encode`) is re-seeded onto the residual of a row
-        with a large quantisation error at that level, so that the row chooses it from
-        then on. Rows are taken largest error first, at most one per code a round and
-        only from codes that keep at least one other row (moving a code's only row would
-        just kill that code). A re-seeded code may draw other rows too, so this repeats
-        up to ``rounds`` times per level. EMA state and dead-code counters of re-seeded
-        codes restart as in a training-time restart. Returns how many codes were
-        re-seeded (0: every code is used or no row can be spared; nothing changes)."""
-        return len(self._reset_dead(z, rounds, self._pin_rows))
-
-    def _pin_rows(
-        self,
-        level: int,
-        prefix: Tensor,
-        codes: Tensor,
-        errors: Tensor,
-        residual: Tensor,
-        dead: list[int],
-    ) -> list[tuple[int, int]]:
-        """:meth:`revive_unused`'s round: dead codes onto the largest-error rows of codes
-        that keep another row → ``[(dead, source)]``."""
-        counts = torch.bincount(codes, minlength=self.codebook_size).tolist()
-        sources: list[int] = []
-        # one row per code a round: rows of one code are often near-duplicates,
-        # which would split one re-seeded code between them and leave the other dead
-        spared: set[int] = set()
-        for row in torch.argsort(errors, descending=True, stable=True).tolist():
-            code = int(codes[row])
-            if counts[code] >= 2 and code not in spared:
-                spared.add(code)
-                sources.append(row)
-                if len(sources) == len(dead):
-                    break
-        if not sources:
-            return []
-        targets = dead[: len(sources)]
-        rows = torch.tensor(sources, device=residual.device)
-        self._reseed(level, torch.tensor(targets, device=residual.device), residual[rows])
-        return list(zip(targets, codes[rows].tolist(), strict=True))
 
     def _reset_dead(
         self, z: Tensor, rounds: int, choose: Callable[..., list[tuple[int, int]]]
@@ -317,8 +195,7 @@ class ResidualQuantizer(nn.Module):
     def split_unused(
         self, z: Tensor, rounds: int = 8, split_iters: int = 10
     ) -> list[tuple[int, int, int]]:
-        """A dataset-wide dead-code reset that splits live codes instead of pinning dead
-        ones onto single rows (:meth:`revive_unused`). Level by level, each code that no
+        """A dataset-wide dead-code reset that splits live codes. Level by level, each code that no
         row of ``z`` (N, d) chooses takes over part of a live code's rows:
 
         - at the last level, first from a collision: a row that shares its whole ID with
@@ -398,7 +275,7 @@ class ResidualQuantizer(nn.Module):
             if len(pairs) == len(dead) or sse[s] <= 0:
                 break
             rows = residual[codes == s]
-            halves = _two_means(rows, iters)
+            halves = two_means(rows, iters)
             if halves is None:  # identical rows: nothing to split
                 continue
             t = dead[len(pairs)]
@@ -438,7 +315,7 @@ class ResidualQuantizer(nn.Module):
         Alternates Sinkhorn assignment of the last-level residuals with centroid = mean of
         its assigned residuals (a code left empty keeps its vector).
         """
-        z = _subsample(self._check_input(z).detach(), self.kmeans_max_points, self.seed)
+        z = subsample(self._check_input(z).detach(), self.kmeans_max_points, self.seed)
         residual = z.float()
         for level in range(self.levels - 1):
             book = self.codebooks[level].float()
@@ -456,37 +333,19 @@ class ResidualQuantizer(nn.Module):
         self.set_codebook(last, book.to(self.codebooks.dtype))
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self, z: Tensor, *, balanced: bool | None = None, assign_from: Tensor | None = None
-    ) -> QuantizerOutput:
-        """Quantize ``z`` (B, d).
-
-        ``balanced``: Sinkhorn assignment at the last level; defaults to
-        ``self.training and self.sinkhorn_last_level``.
-
-        ``assign_from`` ``(B, d)``: choose the codes (and feed the EMA update, dead-code
-        restarts and the codebook loss) from these vectors instead of ``z`` — e.g. the
-        dropout-free output of the network that produced ``z``, so that training assigns
-        each row the code that evaluation will; ``z`` still gets the commitment loss and
-        the straight-through gradient. None: from ``z`` itself.
-        """
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """Quantize ``z`` (B, d): nearest codes, or in training with
+        ``sinkhorn_last_level`` a Sinkhorn (balanced) assignment at the last level."""
         z = self._check_input(z)
-        if assign_from is not None and assign_from.shape != z.shape:
-            raise ValueError(
-                f"assign_from must have z's shape {tuple(z.shape)}, got {tuple(assign_from.shape)}"
-            )
         if not bool(self.initialized):
             if not self.training:
                 raise RuntimeError(
                     "ResidualQuantizer is not initialised: call "
                     "init_codebooks(z) or run a training-mode forward first"
                 )
-            self.init_codebooks(z if assign_from is None else assign_from.detach())
-        if balanced is None:
-            balanced = self.training and self.sinkhorn_last_level
+            self.init_codebooks(z)
+        balanced = self.training and self.sinkhorn_last_level
         residual = z
-        # the residual the codes are chosen from: z's own unless assign_from is given
-        target = None if assign_from is None else assign_from.detach()
         q_sum = torch.zeros_like(z)
         commitment = z.new_zeros(())
         codebook_loss = z.new_zeros(())
@@ -494,7 +353,7 @@ class ResidualQuantizer(nn.Module):
         codewords = torch.zeros_like(z)
         for level in range(self.levels):
             book = self.codebooks[level]
-            chosen_from = (residual if target is None else target).detach()
+            chosen_from = residual.detach()
             with torch.no_grad():
                 dists = pairwise_sq_dists(chosen_from, book.detach())
                 if balanced and level == self.levels - 1:
@@ -509,9 +368,7 @@ class ResidualQuantizer(nn.Module):
             q_sum = q_sum + e.detach()
             codewords = codewords + e
             residual = residual - e.detach()
-            if target is not None:
-                target = target - e.detach()
-            err = (residual if target is None else target).detach().pow(2).sum(1)
+            err = residual.detach().pow(2).sum(1)
             errors.append(err)
             norms.append(err.sqrt().mean())
             codes.append(c)
@@ -530,12 +387,12 @@ class ResidualQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, z: Tensor, *, balanced: bool = False) -> Tensor:
-        """Codes (B, L) without any state update, whatever the module's mode."""
+    def encode(self, z: Tensor) -> Tensor:
+        """Nearest codes (B, L) without any state update, whatever the module's mode."""
         was_training = self.training
         self.eval()
         try:
-            return self.forward(z, balanced=balanced).codes
+            return self.forward(z).codes
         finally:
             self.train(was_training)
 
@@ -587,27 +444,3 @@ class ResidualQuantizer(nn.Module):
         if z.shape[0] == 0:
             raise ValueError("cannot quantize an empty batch")
         return z
-
-
-def _two_means(rows: Tensor, iters: int) -> Tensor | None:
-    """2-means of ``rows`` (M, d) from their mean and the row farthest from it →
-    centroids (2, d), the first the larger half's; None when no split leaves both halves
-    non-empty (fewer than two distinct rows)."""
-    mean = rows.mean(0)
-    cent = torch.stack([mean, rows[(rows - mean).pow(2).sum(1).argmax()]])
-    for step in range(iters + 1):  # iters updates, each after an assignment, and a last one
-        side = pairwise_sq_dists(rows, cent).argmin(1)
-        sizes = torch.bincount(side, minlength=2)
-        if bool((sizes == 0).any()):
-            return None
-        if step < iters:
-            cent = torch.stack([rows[side == 0].mean(0), rows[side == 1].mean(0)])
-    return cent if sizes[0] >= sizes[1] else cent.flip(0)
-
-
-def _subsample(x: Tensor, max_points: int, seed: int) -> Tensor:
-    if x.shape[0] <= max_points:
-        return x
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(x.shape[0], generator=gen)[:max_points].sort().values
-    return x[idx.to(x.device)]

@@ -111,23 +111,13 @@ class SemanticIDQuantizer:
         return torch.cat([self._latent(x[i : i + bs]) for i in range(0, x.shape[0], bs)])
 
     @torch.no_grad()
-    def encode(self, x: np.ndarray | Tensor, *, balanced: bool | None = None) -> Tensor:
-        """Codes (N, L) int64.
-
-        ``balanced`` (default ``config.sinkhorn_at_encode and config.sinkhorn_last_level``):
-        Sinkhorn at the last level over all N rows at once: deterministic for the same
-        rows, but a row's code then depends on the other rows. Otherwise (default) each
-        row's code is its own nearest-code choice, independent of what else is encoded.
-        """
+    def encode(self, x: np.ndarray | Tensor) -> Tensor:
+        """Codes (N, L) int64: each row's own nearest-code choice, independent of what
+        else is encoded."""
         self._require_fitted()
-        cfg = self.config
-        if balanced is None:
-            balanced = cfg.sinkhorn_at_encode and cfg.sinkhorn_last_level
         z = self._latents(_as_input(x, self.input_dim))
         q = self.quantizer
-        if balanced:
-            return q.encode(z, balanced=True)
-        bs = cfg.encode_batch_size
+        bs = self.config.encode_batch_size
         return torch.cat([q.encode(z[i : i + bs]) for i in range(0, z.shape[0], bs)])
 
     @torch.no_grad()
@@ -213,7 +203,7 @@ class SemanticIDQuantizer:
             raise ArtifactError(
                 f"{path}: holds a {blob.get('kind')!r} quantizer, not a {cls.__name__}"
             )
-        obj = target(QuantizerConfig.model_validate(blob["config"]))
+        obj = target(QuantizerConfig.from_saved(blob["config"]))
         obj._build(int(blob["input_dim"]))
         try:
             obj._module().load_state_dict(blob["state_dict"], strict=True)

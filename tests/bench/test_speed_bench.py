@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("speed", REPO / "bench" / "speed.py")
 speed = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(speed)

@@ -16,7 +16,7 @@ import yaml
 
 from recsys.train.config import load_run_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = ["ablations.sh", "run_configs.sh", "runs_table.py", "seeds_table.py"]
 
 # A stand-in for `recsys train -c CONFIG name=N k=v ... --fresh --no-progress`: applies

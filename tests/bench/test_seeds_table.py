@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import load_bench
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
 
 

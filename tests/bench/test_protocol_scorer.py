@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "protocol_scorer.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "protocol_scorer.py"
 L3 = 1 / math.log2(3)  # discount of rank 2
 L7 = 1 / math.log2(7)  # discount of rank 6
 

@@ -13,7 +13,7 @@ from conftest import load_bench
 
 from recsys.eval.bundle import evaluate_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_blend():

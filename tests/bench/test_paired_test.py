@@ -15,7 +15,7 @@ from conftest import load_bench
 
 from recsys.eval.bundle import evaluate_run, evaluate_scores, per_user_run_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load():
