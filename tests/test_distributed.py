@@ -97,6 +97,9 @@ def test_a_strategy_that_reruns_the_command_is_refused_with_the_one_to_use(tmp_p
     from recsys.errors import ConfigError
 
     raw = raw_config(tmp_path, tiny_table, "x", 2, 128, 1)
-    raw["trainer"]["strategy"] = "ddp"
-    with pytest.raises(ConfigError, match="trainer.strategy.*ddp_spawn"):
-        parse_run_config(raw)
+    for strategy in ("ddp", "ddp_fork", "ddp_find_unused_parameters_true"):
+        raw["trainer"]["strategy"] = strategy
+        with pytest.raises(ConfigError, match="trainer.strategy.*ddp_spawn"):
+            parse_run_config(raw)
+    raw["trainer"]["strategy"] = "ddp_spawn_find_unused_parameters_true"
+    assert parse_run_config(raw).trainer.strategy.startswith("ddp_spawn")

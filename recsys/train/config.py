@@ -39,10 +39,12 @@ class TrainerConfig(StrictModel):
     def _strategy(cls, value: str) -> str:
         # Lightning's "ddp" re-runs the command in every other process, which would train
         # into the same run folder again: the processes are started from the run instead.
-        if value.startswith("ddp") and not value.startswith(("ddp_spawn", "ddp_fork")):
+        # ddp_fork / ddp_notebook fork a process whose OpenMP pool may already run: refused too.
+        if value.startswith("ddp") and not value.startswith("ddp_spawn"):
             raise ValueError(
-                f"{value!r} re-runs the command in each process; use 'ddp_spawn' (the same"
-                " data-parallel training, processes started by the run)"
+                f"{value!r} is not supported; use 'ddp_spawn' (the same data-parallel"
+                " training: 'ddp' would re-run the command in each process, 'ddp_fork' fork"
+                " a running OpenMP pool)"
             )
         return value
     num_threads: int | None = None
