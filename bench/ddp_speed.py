@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
@@ -65,10 +66,10 @@ def main() -> None:
 
 
 def _train_pairs(run: Path) -> int:
-    import pandas as pd
+    from recsys.artifacts import RunFolder
+    from recsys.data.splits import TRAIN
 
-    labels = pd.read_parquet(run / "interactions.parquet", columns=["label"])["label"]
-    return int((labels == 0).sum())
+    return int((RunFolder(run).interactions()["label"] == TRAIN).sum())
 
 
 if __name__ == "__main__":

@@ -157,16 +157,17 @@ def _topk_masked(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     # One more than asked: an item outside the top k ties with the k-th value exactly when
     # the (k+1)-th value equals it (no second pass over the scores to count them).
     vals, cols = torch.topk(scores, min(k_eff + 1, n_cols), dim=1, sorted=True)
-    boundary_tie = vals[:, k_eff] == vals[:, k_eff - 1] if k_eff < n_cols else None
+    if k_eff < n_cols:
+        boundary_tie = vals[:, k_eff] == vals[:, k_eff - 1]
+    else:  # every column is in the list: nothing outside it to tie with
+        boundary_tie = torch.zeros(n_rows, dtype=torch.bool, device=scores.device)
     vals, cols = vals[:, :k_eff], cols[:, :k_eff]
     if k_eff > 0:
         # torch.topk picks an arbitrary subset of items tied with the k-th value. Where such
         # boundary ties exist, pick the tied items with the lowest columns instead. Rows whose
         # k-th value is -inf are skipped: those slots are invalid and blanked below anyway.
         kth = vals[:, -1:]  # (B, 1)
-        crosses = kth[:, 0] != NEG_INF
-        crosses = crosses & boundary_tie if boundary_tie is not None else crosses & False
-        tie_rows = torch.nonzero(crosses).squeeze(1)
+        tie_rows = torch.nonzero(boundary_tie & (kth[:, 0] != NEG_INF)).squeeze(1)
         if tie_rows.numel():
             sub, kth_s, top = scores[tie_rows], kth[tie_rows], cols[tie_rows]
             # topk's output is sorted, so its first n_above slots are the items strictly

@@ -340,9 +340,9 @@ def verify_partitioned(run_dir: str | Path, out_dir: str | Path) -> dict[str, An
     if users is not None and not problems:  # short lists only where items ran out
         index = user_map.to_index(list(counts))
         if candidates is None:
-            available = n_candidates - np.diff(exclude.tocsr().indptr)[index]
+            available = n_candidates - np.diff(exclude.indptr)[index]
         else:
-            available = n_candidates - exclude.tocsr()[index][:, candidates].getnnz(axis=1)
+            available = n_candidates - exclude[index][:, candidates].getnnz(axis=1)
         short = [u for u, c, a in zip(counts, counts.values(), available, strict=True)
                  if c < min(k, a)]  # fmt: skip
         if short:

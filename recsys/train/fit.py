@@ -100,7 +100,7 @@ def fit(
         tc.weight_decay,
         valid_truth,
         valid_exclude,
-        dataset.candidates.get("valid"),
+        candidates := dataset.candidates.get("valid"),
         tuple(config.eval.ks),
         config.eval.batch_size,
         tc.monitor,
@@ -120,7 +120,6 @@ def fit(
     )
     clock = EpochClock()
     steps_per_epoch = -(-len(train_users) // tc.sampling.batch_size)  # PairBatches' length
-    candidates = dataset.candidates.get("valid")
     check_every = validation_interval(
         tc.check_val_every_n_epoch,
         int((valid_truth.getnnz(axis=1) > 0).sum()),
