@@ -164,8 +164,9 @@ def test_missing_or_malformed_base_is_an_error_naming_both_files(tmp_path):
 
 # -- the shipped ablation configs ----------------------------------------------------------
 
-# configs/ablations/das*.yaml: configs/das.yaml with exactly these keys changed (and
-# their names); a new ablation config must be listed here.
+# configs/ablations/das*.yaml: configs/ablations/das.yaml (configs/das.yaml with the
+# published stopping) with exactly these keys changed (and their names); a new ablation
+# config must be listed here.
 ABLATED = {
     "das.yaml": {},
     "das-no-align.yaml": {
@@ -194,7 +195,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def test_ablation_configs_differ_from_das_yaml_in_exactly_their_ablated_keys():
-    full = _flat(load_run_config(str(REPO / "configs" / "das.yaml")).dump())
+    full = _flat(load_run_config(str(REPO / "configs" / "ablations" / "das.yaml")).dump())
     paths = sorted((REPO / "configs" / "ablations").glob("das*.yaml"))
     assert [p.name for p in paths] == sorted(ABLATED)
     for path in paths:
@@ -206,8 +207,8 @@ def test_ablation_configs_differ_from_das_yaml_in_exactly_their_ablated_keys():
 
 
 def test_other_ablation_rows_share_das_yaml_budget_and_transition_block():
-    """The LightGCN and two-stage rows of the ablation table train like configs/das.yaml."""
-    das = load_run_config(str(REPO / "configs" / "das.yaml")).dump()
+    """The LightGCN and two-stage rows of the ablation table train like its DAS row."""
+    das = load_run_config(str(REPO / "configs" / "ablations" / "das.yaml")).dump()
     for name in ["lightgcn.yaml", "two-stage.yaml"]:
         other = load_run_config(str(REPO / "configs" / "ablations" / name)).dump()
         assert other["trainer"] == das["trainer"], name
@@ -215,3 +216,27 @@ def test_other_ablation_rows_share_das_yaml_budget_and_transition_block():
             assert other[section] == das[section], (name, section)
         for key in ["transition_dim", "transition_decay"]:
             assert other["model"][key] == das["model"][key], (name, key)
+
+
+def test_the_default_configs_share_one_training_rule_and_the_transition_block():
+    """Issue 28: every model's default config trains under the same size-aware rule, and
+    the graph models' defaults carry the same next-item block, so that they compare."""
+    defaults = {
+        name: load_run_config(str(REPO / "configs" / f"{name}.yaml")).dump()
+        for name in ["das", "lightgcn", "two_stage", "mf"]
+    }
+    rule, das = defaults["das"]["trainer"], defaults["das"]
+    assert rule["min_steps"] and rule["patience_steps"]
+    assert rule["check_val_every_n_epoch"] == "auto"
+    for name, config in defaults.items():
+        assert config["trainer"] == rule, name
+        assert (config["data"], config["seed"]) == (das["data"], das["seed"])
+    for name in ["lightgcn", "two_stage"]:
+        for key in ["transition_dim", "transition_decay", "transition_window"]:
+            assert defaults[name]["model"][key] == das["model"][key], (name, key)
+    # The published configs built on them keep the stopping they were published with.
+    for path in [*(REPO / "configs" / "ablations").glob("*.yaml"),
+                 *(REPO / "configs" / "bench").glob("*.yaml")]:  # fmt: skip
+        trainer = load_run_config(str(path)).dump()["trainer"]
+        assert trainer["min_steps"] is None and trainer["patience_steps"] is None, path.name
+        assert trainer["check_val_every_n_epoch"] == 1, path.name

@@ -127,3 +127,34 @@ def test_bad_tune_sections_are_clear_errors(tmp_path):
         split_config({"name": "x", "tune": {"params": {"trainer.lr": {"low": 1}}}})
     with pytest.raises(ValueError, match="low 2.0 > high 1.0"):
         TuneParam(low=2, high=1)
+
+
+def test_a_trial_is_not_pruned_during_its_warm_up():
+    """The median pruner would stop a slow starter at its first validation; before
+    ``trainer.min_steps`` the callback only reports, as early stopping only watches."""
+    from types import SimpleNamespace
+
+    from recsys.train.tune import PruneOnValid
+
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+    )
+    for value in (0.5, 0.6):  # two finished trials that were good at epoch 0
+        leader = study.ask()
+        leader.report(value, step=0)
+        leader.report(value, step=1)
+        study.tell(leader, value)
+    trial = study.ask()
+
+    def validate(epoch: int, step: int, value: float) -> None:
+        trainer = SimpleNamespace(
+            sanity_checking=False, callback_metrics={"val/ndcg@10": value},
+            current_epoch=epoch, global_step=step,
+        )  # fmt: skip
+        PruneOnValid(trial, "val/ndcg@10", min_steps=100).on_validation_end(trainer, None)
+
+    validate(0, step=50, value=0.1)  # far behind, but in its warm-up: reported, not pruned
+    assert trial.should_prune()  # the pruner itself would have stopped it
+    with pytest.raises(optuna.TrialPruned):
+        validate(1, step=100, value=0.1)  # past the warm-up: pruned
+    assert trial.user_attrs["epochs"] == 2

@@ -10,7 +10,10 @@ a climb past it) is stopped in the dip when patience runs out before the climb. 
 * ``trainer.patience_steps``: patience is at least this many optimiser steps' worth of
   validations (:func:`stopping_patience`).
 
-Both are off (None) by default: epochs alone decide, as every published run did.
+Both are off (None) in ``TrainerConfig``, so that a config that names neither trains as
+the published runs did (epochs alone); every model's default config
+(``configs/{das,lightgcn,two_stage,mf}.yaml``) sets them, with
+``check_val_every_n_epoch: auto`` (docs/research/29-issue-28-defaults.md).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Each trial trains the config with its parameters applied as dotted overrides int
 ordinary run folder ``<output_dir>/<name>-tune/trial-<number>``, and is scored by its
 saved valid metric: test is never read. Trials report the valid metric after every
 validation and the median pruner (Optuna) stops one that falls behind the median of the
-trials before it at the same epoch (a ``TrialPruned`` run folder keeps its checkpoints).
+trials before it at the same epoch, once past its warm-up (``trainer.min_steps``; a
+``TrialPruned`` run folder keeps its checkpoints).
 The study lives in ``<output_dir>/<name>-tune/study.db`` (SQLite): run the same command
 again after a kill and it goes on, the interrupted trial resuming from its last
 checkpoint. At the end ``best.yaml`` is the config with the best trial's parameters and
@@ -79,17 +80,22 @@ class TuneConfig(StrictModel):
 
 
 class PruneOnValid(Callback):
-    """Reports the valid metric to Optuna after each validation; stops a losing trial."""
+    """Reports the valid metric to Optuna after each validation; stops a losing trial,
+    but not during the trial's warm-up (``trainer.min_steps``): a slow start is judged by
+    the same rule as early stopping, which would not end the run there either."""
 
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
-        self.trial, self.monitor = trial, monitor
+    def __init__(self, trial: optuna.Trial, monitor: str, min_steps: int | None = None) -> None:
+        self.trial, self.monitor, self.min_steps = trial, monitor, min_steps or 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
         self.trial.report(value, step=trainer.current_epoch)
+        if trainer.global_step < self.min_steps:
+            return
         if self.trial.should_prune():
+            self.trial.set_user_attr("epochs", trainer.current_epoch + 1)
             raise optuna.TrialPruned(f"epoch {trainer.current_epoch}: {self.monitor} {value:.4f}")
 
 
@@ -161,7 +167,8 @@ def run_tune(
         trial.set_user_attr("run", name)
         _, config = trial_config(raw, params, name, str(folder), spec.metric)
         config.trainer.progress_bar = False
-        run = train_run(config, skip_finished=True, callbacks=[PruneOnValid(trial, monitor)])
+        prune = PruneOnValid(trial, monitor, config.trainer.min_steps)
+        run = train_run(config, skip_finished=True, callbacks=[prune])
         metrics = run.metrics()
         training = metrics.get("training", {})
         trial.set_user_attr("epochs", training.get("epochs"))
