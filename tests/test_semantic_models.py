@@ -229,6 +229,57 @@ def test_das_leave_target_out_pools_the_history_without_the_pair_item():
         assert float(model.loss(batch)["rec_loss"]) != float(plain.loss(batch)["rec_loss"])
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"user_semantic": "history", "user_history_weight": 2.0, "history_leave_target_out": True},
+        {"user_semantic": "history", "user_history_weight": 2.0},
+        {"user_semantic": "sid"},
+    ],
+)
+@pytest.mark.parametrize("frozen", [False, True])
+def test_das_batch_user_tables_give_every_users_loss_and_gradients(monkeypatch, settings, frozen):
+    """A training step builds user tables (propagated rows, history pools) for its batch's
+    users only; the reference is the tables of every user, as scoring builds them."""
+    from recsys.models.das import combination
+
+    graph, _ = synthetic_content_graph()
+
+    def fresh_model():  # a forward moves quantizer state: each path gets its own model
+        torch.manual_seed(0)
+        model = build_model(small_das(**CONTENT_CONCAT, **settings), graph)
+        if frozen:
+            model.on_train_epoch_start(0)
+        return model
+
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, len(graph.train_users), size=48)  # repeated users
+    batch = {
+        "users": torch.as_tensor(graph.train_users[idx]),
+        "pos_items": torch.as_tensor(graph.train_items[idx]),
+        "neg_items": torch.as_tensor(rng.integers(0, graph.n_items, size=(48, 1))),
+    }
+
+    def step(model) -> tuple[dict, dict]:
+        torch.manual_seed(0)  # the co-occurrence term samples neighbours
+        model.zero_grad()
+        losses = model.loss(batch)
+        losses["loss"].backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return {k: v.detach() for k, v in losses.items()}, grads
+
+    assert len(batch["users"].unique()) < graph.n_users  # a real subset
+    got_losses, got_grads = step(fresh_model())
+    # None: every user's tables (the scoring path), a pair's row is its user's index
+    monkeypatch.setattr(combination, "batch_user_rows", lambda users: (None, users))
+    want_losses, want_grads = step(fresh_model())
+    assert got_losses.keys() == want_losses.keys() and got_grads.keys() == want_grads.keys()
+    for name, value in want_losses.items():
+        assert torch.equal(got_losses[name], value), name
+    for name, grad in want_grads.items():
+        assert torch.equal(got_grads[name], grad), name
+
+
 def test_das_leave_target_out_needs_a_pooled_history():
     with pytest.raises(ValueError, match="history_leave_target_out"):
         small_das(**CONTENT_CONCAT, user_semantic="sid", history_leave_target_out=True)

@@ -11,7 +11,12 @@ import torch
 from recsys.eval.ranking import _has_nan, evaluate
 from recsys.models import graph as graph_ops
 from recsys.models.base import dot_scores, rows
-from recsys.models.graph import normalized_adjacency, sparse_matmul, symmetric_spmm
+from recsys.models.graph import (
+    normalized_adjacency,
+    sparse_matmul,
+    sparse_rows_matmul,
+    symmetric_spmm,
+)
 
 
 def random_pairs(seed: int = 0, n_users: int = 30, n_items: int = 20, n: int = 150):
@@ -43,6 +48,27 @@ def test_sparse_matmul_matches_the_dense_product_and_its_gradient(kernel, layout
     (want * upstream).sum().backward()
     torch.testing.assert_close(sparse_matmul(matrix, x).detach(), want.detach())
     torch.testing.assert_close(got_grad, x.grad)
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+def test_a_row_slice_product_is_the_whole_products_rows_bit_for_bit(kernel, layout):
+    users, items, n_users, n_items = random_pairs(3, 300, 200, 4000)
+    values = torch.rand(len(users))
+    dense = torch.zeros(n_users, n_items)
+    dense[users, items] = values
+    matrix = dense.to_sparse_csr() if layout == "csr" else dense.to_sparse_coo()
+    index = torch.tensor([0, 4, 5, 17, 120, 299])  # ascending, distinct; row 0 may be empty
+    x = torch.randn(n_items, 8, requires_grad=True)
+    upstream = torch.randn(len(index), 8)
+    sliced = sparse_rows_matmul(matrix, index, x)
+    (sliced * upstream).sum().backward()
+    got_grad = x.grad.clone()
+    x.grad = None
+    whole = sparse_matmul(matrix, x)  # the reference: every row, then the wanted ones
+    (rows(whole, index) * upstream).sum().backward()
+    assert torch.equal(sliced, whole[index])
+    assert torch.equal(got_grad, x.grad)
+    torch.testing.assert_close(sliced, (dense @ x)[index])
 
 
 def test_symmetric_spmm_matches_the_dense_product_and_its_gradient(kernel):

@@ -135,10 +135,10 @@ class TransitionBlock(nn.Module):
         """``(B, dim)``: the query of training pairs ``(users, items) (B,)``, from the items
         the user had before each; a pair not in the training graph gets the user's query."""
         at, found = find_sorted(self.pair_keys, users * self.n_items + items)
-        pair = self._pool(self.pair_items[at], self.pair_weights[at])
+        pair = self._pool(rows(self.pair_items, at), rows(self.pair_weights, at))
         if bool(found.all()):  # training pairs always are: no second pooling on that path
             return pair
-        fallback = self._pool(self.user_items[users], self.user_weights[users])
+        fallback = self._pool(rows(self.user_items, users), rows(self.user_weights, users))
         return torch.where(found[:, None], pair, fallback)
 
     def source_rows(self) -> Tensor:

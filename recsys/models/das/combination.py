@@ -109,6 +109,12 @@ class AddCombination:
         )
 
 
+def batch_user_rows(users: Tensor) -> tuple[Tensor, Tensor]:
+    """``users (B,)`` → their ascending distinct indices ``(n,)`` and each pair's position
+    among them ``(B,)``: the rows of a training step's user tables."""
+    return torch.unique(users, return_inverse=True)
+
+
 class ConcatCombination:
     """``concat``: ``[collaborative ; γ·semantic]`` · ``[collaborative ; semantic]``, then
     the transition block."""
@@ -140,14 +146,17 @@ class ConcatCombination:
             # only aligns: once frozen, it encodes just those users.
             batch_users_only = model.pool_history and bool(model.user_tower.frozen)
             user_out = model.user_tower(aligned if batch_users_only else None)
-        vectors = model._concat_vectors(item_out, None if batch_users_only else user_out)
+        # The user tables hold the batch's distinct users only (row ``at`` of each pair):
+        # their history pools cost a fraction of every user's.
+        distinct, at = batch_user_rows(users)
+        vectors = model._concat_vectors(item_out, None if batch_users_only else user_out, distinct)
         ego = vectors.item_ego
         p_final, n_final = vectors.item_rows(pos), vectors.item_rows(neg)
-        e_u, e_p = rows(vectors.collab_users, users), p_final[:, : cfg.dim]  # aligned
+        e_u, e_p = rows(vectors.collab_users, at), p_final[:, : cfg.dim]  # aligned
         if cfg.history_leave_target_out:
-            u_final, e_u = model._leave_target_out(vectors, users, pos, p_final)
+            u_final, e_u = model._leave_target_out(vectors, users, pos, p_final, at)
         else:
-            u_final = vectors.user_rows(users)
+            u_final = vectors.user_rows(at)
 
         def s_items(index: Tensor) -> Tensor:  # projected only where it is needed
             return model.align_item(rows(item_out.quantized, index))

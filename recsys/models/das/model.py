@@ -47,7 +47,7 @@ from recsys.models.das.losses import (
 )
 from recsys.models.das.towers import InputTower
 from recsys.models.das.vectors import ConcatVectors, append_column
-from recsys.models.graph import sparse_matmul
+from recsys.models.graph import sparse_matmul, sparse_rows_matmul
 from recsys.models.quantizer import assign_semantic_ids, codebook_stats
 from recsys.models.semantic import GraphPropagation, semantic_id_table
 from recsys.models.transition import transition_block, transition_history
@@ -214,21 +214,31 @@ class DualAlignedSemanticIDs(Recommender):
             self._suffix_cache = cached = (codes.detach().clone(), suffix)
         return cached[1]
 
-    def _concat_vectors(self, item_out, user_out) -> ConcatVectors:
+    def _concat_vectors(self, item_out, user_out, users: Tensor | None = None) -> ConcatVectors:
         """concat mode: final users and items, collaborative users, item ego and the
-        users' pooled collaborative history."""
+        users' pooled collaborative history; the user tables hold the rows of ``users``
+        (ascending distinct indices; None: every user), so that a training step pools
+        only its batch's histories."""
         ego = self._collaborative_item_ego(item_out)
         c_u, c_i = self.propagation(self.user.weight, ego)
+        if users is not None:
+            c_u = rows(c_u, users)
+
+        def pooled(x: Tensor) -> Tensor:  # the users' history means of item rows x (I, d)
+            if users is None:
+                return sparse_matmul(self.history_pool, x)
+            return sparse_rows_matmul(self.history_pool, users, x)
+
         c_hist = None
         if self.collab_history:
-            c_hist = sparse_matmul(self.history_pool, c_i)
+            c_hist = pooled(c_i)
             c_u = c_u + self.config.user_history_weight * c_hist
         gamma = self.config.semantic_weight
         s_i = item_out.quantized
         if self.pool_history:
-            s_u = sparse_matmul(self.history_pool, s_i)
+            s_u = pooled(s_i)
         elif user_out is not None:
-            s_u = user_out.quantized
+            s_u = user_out.quantized if users is None else rows(user_out.quantized, users)
         else:  # item side only: no user semantic vector to pair with s_i
             s_u, s_i = c_u.new_zeros(len(c_u), 0), c_i.new_zeros(len(c_i), 0)
         return ConcatVectors(c_u, gamma * s_u, c_i, s_i, ego, c_hist)
@@ -247,11 +257,17 @@ class DualAlignedSemanticIDs(Recommender):
         return torch.where(found, values[at], values.new_zeros(()))
 
     def _leave_target_out(
-        self, vectors: ConcatVectors, users: Tensor, pos: Tensor, target: Tensor | None = None
+        self,
+        vectors: ConcatVectors,
+        users: Tensor,
+        pos: Tensor,
+        target: Tensor | None = None,
+        at: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Training pairs' final and collaborative user rows ``(B, ·)`` with the pair's item
         ``pos (B,)`` (its final rows ``target (B, D + d_s)``, c_i then s_i, when already
-        gathered) taken out of the user's pooled history: a pooled part
+        gathered) taken out of the user's pooled history (``at (B,)``: the users' rows in
+        ``vectors``' user tables, when those hold the batch's users only): a pooled part
         ``h = Σ_j w_j x_j`` becomes ``(h − w_i x_i) / (1 − w_i)`` (0 when i was the whole
         history), the other items keeping their recency weights."""
         d, beta = self.config.dim, self.config.user_history_weight
@@ -263,10 +279,11 @@ class DualAlignedSemanticIDs(Recommender):
             """(h − w x) / (1 − w) − h: what leaving the target out adds to h."""
             return (pooled - w * x) * rest - pooled
 
-        collab = rows(vectors.collab_users, users)
+        at = users if at is None else at
+        collab = rows(vectors.collab_users, at)
         if vectors.collab_history is not None:
-            collab = collab + beta * change(rows(vectors.collab_history, users), target[:, :d])
-        semantic = rows(vectors.semantic_users, users)
+            collab = collab + beta * change(rows(vectors.collab_history, at), target[:, :d])
+        semantic = rows(vectors.semantic_users, at)
         if self.pool_history:  # γ·s_u = Σ_j w_j (γ s_j)
             semantic = semantic + change(semantic, self.config.semantic_weight * target[:, d:])
         return torch.cat([collab, semantic], 1), collab
