@@ -6,6 +6,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import PositiveInt, model_validator
 from torch import Tensor, nn
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
@@ -18,6 +19,7 @@ from recsys.models.graph import (
     normalized_adjacency,
 )
 from recsys.models.mf import PairwiseConfig, pairwise_loss
+from recsys.models.sampling import NeighborSampler, sampled_layer_mean
 from recsys.models.transition import (
     TransitionFields,
     add_transition_segment,
@@ -31,6 +33,18 @@ from recsys.models.transition import (
 class LightGCNConfig(PairwiseConfig, TransitionFields):
     kind: Literal["lightgcn"] = "lightgcn"
     layers: int = 2
+    # Sampled propagation (recsys.models.sampling): neighbours drawn per node at each hop,
+    # one entry per layer; None propagates over the whole graph at every step.
+    fanouts: list[PositiveInt] | None = None
+
+    @model_validator(mode="after")
+    def _one_fanout_per_layer(self) -> LightGCNConfig:
+        if self.fanouts is not None and len(self.fanouts) != self.layers:
+            raise ValueError(
+                f"fanouts has {len(self.fanouts)} entries but layers is {self.layers}: "
+                "give one fanout per layer"
+            )
+        return self
 
 
 @register_model("lightgcn", LightGCNConfig)
@@ -55,10 +69,12 @@ class LightGCN(Recommender):
         self.adj = adj
         self.item_degree = graph.item_counts()
         self.transition = transition_block(config, graph)
+        self._sampler: NeighborSampler | None = None  # built on first use, on adj's device
 
     def _apply(self, fn, recurse=True):  # keep the adjacency on the model's device
         super()._apply(fn, recurse)
         self.adj = fn(self.adj)
+        self._sampler = None
         return self
 
     def propagate(self) -> tuple[Tensor, Tensor]:
@@ -88,8 +104,19 @@ class LightGCN(Recommender):
         add_transition_segment(segments, arrays, self.transition, self.config.dim)
         return segments, arrays
 
+    def _batch_readout(self, nodes: Tensor) -> Tensor:
+        """``(len(nodes), D)``: the readout rows of ``nodes`` (global ids, repeats allowed),
+        from the whole graph or, with ``fanouts``, from their sampled neighbourhood."""
+        if self.config.fanouts is None:
+            return rows(self._readout(), nodes)  # (U+I, D) → (n, D)
+        if self._sampler is None:
+            self._sampler = NeighborSampler(self.adj)
+        seeds, at = torch.unique(nodes, return_inverse=True)
+        sample = self._sampler.sample(seeds, self.config.fanouts)
+        readout = sampled_layer_mean(self.gcn.embedding.weight, sample, self.gcn.convs, len(seeds))
+        return rows(readout, at)
+
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = self._readout()  # (U+I, D), users first
         ego = self.gcn.embedding.weight
         users, pos = batch["users"], batch["pos_items"]
         neg = batch.get("neg_items")  # (B, N) or None
@@ -101,7 +128,7 @@ class LightGCN(Recommender):
             parts.append(neg.flatten() + self.n_users)
         nodes = torch.cat(parts)
         sizes = [len(x) for x in parts]
-        final = rows(out, nodes).split(sizes)
+        final = self._batch_readout(nodes).split(sizes)
         reg_terms = list(rows(ego, nodes).split(sizes))
         u, p = final[0], final[1]
         n = final[2].view(*neg.shape, -1) if neg is not None else None
