@@ -280,6 +280,65 @@ def test_das_batch_user_tables_give_every_users_loss_and_gradients(monkeypatch, 
         assert torch.equal(got_grads[name], grad), name
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"user_semantic": "history", "user_history_weight": 2.0, "history_leave_target_out": True},
+        {"user_semantic": "sid", "transition_dim": 8},
+    ],
+)
+def test_das_with_covering_fanouts_has_the_whole_graphs_loss_and_gradients(settings):
+    """Sampled propagation whose fanouts cover every degree draws every edge: the step's
+    losses and gradients are the whole-graph step's (up to summation order)."""
+    graph, _ = synthetic_content_graph()
+    rng = np.random.default_rng(2)
+    idx = rng.integers(0, len(graph.train_users), size=6)  # few: history items not in pairs
+    batch = {
+        "users": torch.as_tensor(graph.train_users[idx]),
+        "pos_items": torch.as_tensor(graph.train_items[idx]),
+        "neg_items": torch.as_tensor(rng.integers(0, graph.n_items, size=(6, 1))),
+    }
+    results = []
+    for fanouts in (None, [1000, 1000]):
+        torch.manual_seed(0)
+        model = build_model(small_das(**CONTENT_CONCAT, **settings, fanouts=fanouts), graph)
+        model.on_train_epoch_start(0)
+        torch.manual_seed(1)  # the co-occurrence term samples neighbours
+        losses = model.loss(batch)
+        losses["loss"].backward()
+        grads = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+        results.append(({k: v.detach() for k, v in losses.items()}, grads))
+    (want_losses, want_grads), (got_losses, got_grads) = results
+    assert got_losses.keys() == want_losses.keys() and got_grads.keys() == want_grads.keys()
+    for name, value in want_losses.items():
+        torch.testing.assert_close(got_losses[name], value, msg=name)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, msg=name)
+
+
+def test_das_samples_its_steps_items_and_trains():
+    graph, _ = synthetic_content_graph()
+    config = small_das(
+        **CONTENT_CONCAT, user_semantic="history", user_history_weight=2.0, fanouts=[2, 2]
+    )
+    model = build_model(config, graph)
+    users, pos = torch.tensor([3, 7, 7]), torch.tensor([0, 4, 5])
+    neg = torch.tensor([[1], [2], [26]])
+    items, pos_at, neg_at = model.batch_items(users.unique(), pos, neg)
+    history = graph.train_items[np.isin(graph.train_users, [3, 7])]
+    want = np.unique(np.concatenate([pos.numpy(), neg.numpy().ravel(), history]))
+    assert items.tolist() == want.tolist()
+    assert torch.equal(items[pos_at], pos) and torch.equal(items[neg_at], neg)
+    torch.manual_seed(0)
+    model = build_model(config, graph)
+    history = _train(model, graph, steps=60)
+    first, last = history.iloc[:10].mean(), history.iloc[-10:].mean()
+    for term in ["loss", "rec_loss", "align_dual_loss", "align_self_loss", "cooc_loss"]:
+        assert last[term] < first[term], (term, first[term], last[term])
+    with pytest.raises(ValueError, match="fanouts needs semantic_combination: concat"):
+        small_das(fanouts=[2, 2])
+
+
 def test_das_leave_target_out_needs_a_pooled_history():
     with pytest.raises(ValueError, match="history_leave_target_out"):
         small_das(**CONTENT_CONCAT, user_semantic="sid", history_leave_target_out=True)

@@ -69,6 +69,13 @@ def test_a_row_slice_product_is_the_whole_products_rows_bit_for_bit(kernel, layo
     assert torch.equal(sliced, whole[index])
     assert torch.equal(got_grad, x.grad)
     torch.testing.assert_close(sliced, (dense @ x)[index])
+    # with the columns those rows use, x holds only those rows
+    columns = torch.nonzero(dense[index].abs().sum(0)).flatten()
+    x_cols = x.detach()[columns].requires_grad_()
+    block = sparse_rows_matmul(matrix, index, x_cols, columns)
+    (block * upstream).sum().backward()
+    torch.testing.assert_close(block, sliced)
+    torch.testing.assert_close(x_cols.grad, got_grad[columns])
 
 
 def test_symmetric_spmm_matches_the_dense_product_and_its_gradient(kernel):

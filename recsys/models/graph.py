@@ -97,29 +97,37 @@ def sparse_matmul(matrix: Tensor, x: Tensor) -> Tensor:
 
 
 class _SparseRowsMatmul(torch.autograd.Function):
-    """``A[rows] @ X`` through scipy: only the wanted rows' entries are multiplied, and
-    the backward ``A[rows]ᵀ @ grad`` sums each column's entries in the same order as the
-    whole ``Aᵀ @ grad`` would (the other rows' gradient is zero), so the results are
-    bitwise those of ``(A @ X)[rows]``."""
+    """``A[rows] @ X`` (or ``A[rows][:, columns] @ X``) through scipy: only the wanted rows'
+    entries are multiplied, and the backward ``A[rows]ᵀ @ grad`` sums each column's entries
+    in the same order as the whole ``Aᵀ @ grad`` would (the other rows' gradient is zero),
+    so without ``columns`` the results are bitwise those of ``(A @ X)[rows]``."""
 
     @staticmethod
-    def forward(ctx, matrix: Tensor, index: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.sliced = _scipy_twin(matrix, transpose=False)[index.numpy()]
+    def forward(ctx, matrix: Tensor, index: Tensor, x: Tensor, columns: Tensor | None) -> Tensor:  # type: ignore[override]
+        sliced = _scipy_twin(matrix, transpose=False)[index.numpy()]
+        ctx.sliced = sliced if columns is None else sliced[:, columns.numpy()]
         return torch.from_numpy(ctx.sliced @ x.detach().contiguous().numpy())
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         product = ctx.sliced.T.tocsr() @ grad.contiguous().numpy()
-        return None, None, torch.from_numpy(product)
+        return None, None, torch.from_numpy(product), None
 
 
-def sparse_rows_matmul(matrix: Tensor, index: Tensor, x: Tensor) -> Tensor:
+def sparse_rows_matmul(
+    matrix: Tensor, index: Tensor, x: Tensor, columns: Tensor | None = None
+) -> Tensor:
     """``(matrix @ x)[index]`` for a fixed sparse ``matrix (N, M)``, ``index (n,)`` ascending
     distinct rows and ``x (M, D)`` → ``(n, D)``, costing the rows' entries only (a training
-    batch's users' history pools: a few percent of all users' at small batches)."""
+    batch's users' history pools: a few percent of all users' at small batches). With
+    ``columns (m,)`` (ascending, distinct, holding every column of those rows' entries),
+    ``x (m, D)`` holds the rows of those columns only."""
     if x.device.type == "cpu" and torch.get_num_threads() <= SCIPY_MAX_THREADS:
-        return _SparseRowsMatmul.apply(matrix, index, x)
-    return sparse_matmul(matrix, x).index_select(0, index)
+        return _SparseRowsMatmul.apply(matrix, index, x, columns)
+    if columns is None:
+        return sparse_matmul(matrix, x).index_select(0, index)
+    block = matrix.to_sparse_coo().index_select(0, index).index_select(1, columns)
+    return torch.sparse.mm(block, x)
 
 
 def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:

@@ -6,7 +6,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import PositiveInt, model_validator
 from torch import Tensor, nn
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
@@ -19,7 +18,7 @@ from recsys.models.graph import (
     normalized_adjacency,
 )
 from recsys.models.mf import PairwiseConfig, pairwise_loss
-from recsys.models.sampling import NeighborSampler, sampled_layer_mean
+from recsys.models.sampling import FanoutFields, NeighborSampler, sampled_layer_mean
 from recsys.models.transition import (
     TransitionFields,
     add_transition_segment,
@@ -30,21 +29,9 @@ from recsys.models.transition import (
 )
 
 
-class LightGCNConfig(PairwiseConfig, TransitionFields):
+class LightGCNConfig(PairwiseConfig, TransitionFields, FanoutFields):
     kind: Literal["lightgcn"] = "lightgcn"
     layers: int = 2
-    # Sampled propagation (recsys.models.sampling): neighbours drawn per node at each hop,
-    # one entry per layer; None propagates over the whole graph at every step.
-    fanouts: list[PositiveInt] | None = None
-
-    @model_validator(mode="after")
-    def _one_fanout_per_layer(self) -> LightGCNConfig:
-        if self.fanouts is not None and len(self.fanouts) != self.layers:
-            raise ValueError(
-                f"fanouts has {len(self.fanouts)} entries but layers is {self.layers}: "
-                "give one fanout per layer"
-            )
-        return self
 
 
 @register_model("lightgcn", LightGCNConfig)

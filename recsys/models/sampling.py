@@ -19,7 +19,31 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
+
+from recsys.config import StrictModel
+
+
+class FanoutFields(StrictModel):
+    """The sampled-propagation setting of a graph model with ``layers``."""
+
+    fanouts: list[PositiveInt] | None = Field(
+        default=None,
+        description="sampled propagation (recsys.models.sampling): neighbours drawn per node"
+        " at each hop of a training step, one entry per layer; None: every step propagates"
+        " over the whole graph (validation and scoring always do)",
+    )
+
+    @model_validator(mode="after")
+    def _one_fanout_per_layer(self) -> FanoutFields:
+        layers = getattr(self, "layers", None)
+        if self.fanouts is not None and len(self.fanouts) != layers:
+            raise ValueError(
+                f"fanouts has {len(self.fanouts)} entries but layers is {layers}: "
+                "give one fanout per layer"
+            )
+        return self
 
 
 @dataclasses.dataclass

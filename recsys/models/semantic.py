@@ -16,6 +16,7 @@ from recsys.models.graph import (
     normalized_adjacency,
 )
 from recsys.models.quantizer import assign_semantic_ids, codebook_stats
+from recsys.models.sampling import NeighborSampler, sampled_layer_mean
 
 
 class GraphPropagation(nn.Module):
@@ -30,16 +31,31 @@ class GraphPropagation(nn.Module):
             graph.train_users, graph.train_items, graph.n_users, graph.n_items
         )
         self.item_degree = graph.item_counts()
+        self._sampler: NeighborSampler | None = None  # built on first use, on adj's device
 
     def _apply(self, fn, recurse=True):  # the derived adjacency follows the module's device
         super()._apply(fn, recurse)
         self.adj = fn(self.adj)
+        self._sampler = None
         return self
 
     def forward(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         """users ``(U, D)``, items ``(I, D)`` → propagated ``(U, D)``, ``(I, D)``."""
         out = layer_mean_propagation(torch.cat([users, items]), self.adj, self.convs)
         return out[: self.n_users], out[self.n_users :]
+
+    def sampled(
+        self, users: Tensor, items: Tensor, seed_users: Tensor, seed_items: Tensor, fanouts
+    ) -> tuple[Tensor, Tensor]:
+        """The readout rows of ``seed_users (u,)`` and ``seed_items (i,)`` (ascending,
+        distinct) over their sampled neighbourhood (:mod:`recsys.models.sampling`):
+        ``(u, D)``, ``(i, D)``."""
+        if self._sampler is None:
+            self._sampler = NeighborSampler(self.adj)
+        seeds = torch.cat([seed_users, seed_items + self.n_users])
+        sample = self._sampler.sample(seeds, fanouts)
+        out = sampled_layer_mean(torch.cat([users, items]), sample, self.convs, len(seeds))
+        return out[: len(seed_users)], out[len(seed_users) :]
 
     def fold_in_rows(self, users: Tensor, items: Tensor) -> Tensor:
         """``(I, D)``: :func:`fold_in_item_rows` for these layer-0 embeddings."""

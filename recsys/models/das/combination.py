@@ -149,9 +149,14 @@ class ConcatCombination:
         # The user tables hold the batch's distinct users only (row ``at`` of each pair):
         # their history pools cost a fraction of every user's.
         distinct, at = batch_user_rows(users)
-        vectors = model._concat_vectors(item_out, None if batch_users_only else user_out, distinct)
+        # Sampled propagation: the item tables hold the step's items only (row pos_at ...)
+        items, pos_at, neg_at = None, pos, neg
+        if cfg.fanouts is not None:
+            items, pos_at, neg_at = model.batch_items(distinct, pos, neg)
+        user_side = None if batch_users_only else user_out
+        vectors = model._concat_vectors(item_out, user_side, distinct, items)
         ego = vectors.item_ego
-        p_final, n_final = vectors.item_rows(pos), vectors.item_rows(neg)
+        p_final, n_final = vectors.item_rows(pos_at), vectors.item_rows(neg_at)
         e_u, e_p = rows(vectors.collab_users, at), p_final[:, : cfg.dim]  # aligned
         if cfg.history_leave_target_out:
             u_final, e_u = model._leave_target_out(vectors, users, pos, p_final, at)
@@ -172,6 +177,6 @@ class ConcatCombination:
             model.transition, batch, u_final, p_final, n_final
         )
         terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
-        ego_rows = [rows(model.user.weight, users), rows(ego, pos), rows(ego, neg)]
+        ego_rows = [rows(model.user.weight, users), rows(ego, pos_at), rows(ego, neg_at)]
         terms["reg_loss"] = l2_penalty(*ego_rows, *reg)
         return BatchVectors(terms, e_u, e_p, s_u, s_pos, s_items)

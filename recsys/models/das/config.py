@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from recsys.config import StrictModel
 from recsys.models.fusion import FusionConfig
 from recsys.models.quantizer import QuantizerConfig
+from recsys.models.sampling import FanoutFields
 from recsys.models.transition import TransitionFields
 
 
@@ -23,7 +24,7 @@ class LossWeights(StrictModel):
     reg: float = 1e-5
 
 
-class DASConfig(TransitionFields):
+class DASConfig(TransitionFields, FanoutFields):
     kind: Literal["das"] = "das"
     dim: int = 64
     pop_dim: int = Field(default=16, ge=0, description="conformity-factor columns of dim")
@@ -173,8 +174,13 @@ class DASConfig(TransitionFields):
             )
         if self.cold_semantic_weight != 1.0 and self.semantic_combination != "concat":
             raise ValueError("cold_semantic_weight needs semantic_combination: concat")
-        for name in ("user_history_weight", "transition_dim"):
-            if getattr(self, name) > 0 and self.semantic_combination != "concat":
+        sampled = self.fanouts is not None
+        for name, on in (
+            ("user_history_weight", self.user_history_weight > 0),
+            ("transition_dim", self.transition_dim > 0),
+            ("fanouts", sampled),
+        ):
+            if on and self.semantic_combination != "concat":
                 raise ValueError(f"{name} needs semantic_combination: concat")
         pooled = self.user_semantic == "history" or self.user_history_weight > 0
         if self.history_leave_target_out and not (self.semantic_combination == "concat" and pooled):

@@ -214,27 +214,38 @@ class DualAlignedSemanticIDs(Recommender):
             self._suffix_cache = cached = (codes.detach().clone(), suffix)
         return cached[1]
 
-    def _concat_vectors(self, item_out, user_out, users: Tensor | None = None) -> ConcatVectors:
+    def _concat_vectors(
+        self, item_out, user_out, users: Tensor | None = None, items: Tensor | None = None
+    ) -> ConcatVectors:
         """concat mode: final users and items, collaborative users, item ego and the
         users' pooled collaborative history; the user tables hold the rows of ``users``
         (ascending distinct indices; None: every user), so that a training step pools
-        only its batch's histories."""
-        ego = self._collaborative_item_ego(item_out)
-        c_u, c_i = self.propagation(self.user.weight, ego)
-        if users is not None:
-            c_u = rows(c_u, users)
+        only its batch's histories. With ``items`` (ascending, distinct, holding every
+        item of those users' histories) the item tables hold those rows only, propagated
+        over their sampled neighbourhood (``fanouts``)."""
+        ego = self._collaborative_item_ego(item_out)  # (I, D)
+        s_i = item_out.quantized
+        if items is None:
+            c_u, c_i = self.propagation(self.user.weight, ego)
+            if users is not None:
+                c_u = rows(c_u, users)
+        else:  # sampled propagation: the batch's rows only
+            assert users is not None and self.config.fanouts is not None
+            c_u, c_i = self.propagation.sampled(
+                self.user.weight, ego, users, items, self.config.fanouts
+            )
+            ego, s_i = rows(ego, items), rows(s_i, items)
 
         def pooled(x: Tensor) -> Tensor:  # the users' history means of item rows x (I, d)
             if users is None:
                 return sparse_matmul(self.history_pool, x)
-            return sparse_rows_matmul(self.history_pool, users, x)
+            return sparse_rows_matmul(self.history_pool, users, x, items)
 
         c_hist = None
         if self.collab_history:
             c_hist = pooled(c_i)
             c_u = c_u + self.config.user_history_weight * c_hist
         gamma = self.config.semantic_weight
-        s_i = item_out.quantized
         if self.pool_history:
             s_u = pooled(s_i)
         elif user_out is not None:
@@ -242,6 +253,23 @@ class DualAlignedSemanticIDs(Recommender):
         else:  # item side only: no user semantic vector to pair with s_i
             s_u, s_i = c_u.new_zeros(len(c_u), 0), c_i.new_zeros(len(c_i), 0)
         return ConcatVectors(c_u, gamma * s_u, c_i, s_i, ego, c_hist)
+
+    def batch_items(
+        self, users: Tensor, pos: Tensor, neg: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Sampled propagation: the items a step reads — its pairs' positives and
+        negatives and its ``users``' history items — as ascending distinct ``(m,)``, and
+        ``pos``, ``neg`` as positions in it."""
+        history = pos[:0]
+        if self.history_pooled:
+            keys = self.history_keys  # ascending user·I + item
+            start = torch.searchsorted(keys, users * self.n_items)
+            count = torch.searchsorted(keys, (users + 1) * self.n_items) - start
+            first = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count)
+            at = first + torch.arange(int(count.sum()), device=keys.device)
+            history = keys[at] % self.n_items
+        items = torch.unique(torch.cat([pos, neg.flatten(), history]))
+        return items, torch.searchsorted(items, pos), torch.searchsorted(items, neg)
 
     def _set_history_pool(self, pooling: Tensor) -> None:
         """The users' pooled history ``(U, I)`` and its entries' sorted ``user·I + item``
