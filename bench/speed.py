@@ -38,6 +38,11 @@ OURS = {
     ),
     "two-stage": ("configs/bench/two-stage-beauty.yaml", []),
     "das": ("configs/bench/das-beauty-ratio811.yaml", []),
+    # the default config a user runs first (issue 28), validated every epoch here
+    "das-default": (
+        "configs/das.yaml",
+        ["trainer.check_val_every_n_epoch=1", "trainer.patience_steps=null"],
+    ),
 }
 PEERS = {"recbole-lightgcn": "LightGCN", "recbole-bpr": "BPR"}
 
