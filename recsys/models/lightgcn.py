@@ -18,7 +18,7 @@ from recsys.models.graph import (
     normalized_adjacency,
 )
 from recsys.models.mf import PairwiseConfig, pairwise_loss
-from recsys.models.sampling import FanoutFields, NeighborSampler, sampled_layer_mean
+from recsys.models.sampling import FanoutFields, sampled_readout
 from recsys.models.transition import (
     TransitionFields,
     add_transition_segment,
@@ -56,12 +56,10 @@ class LightGCN(Recommender):
         self.adj = adj
         self.item_degree = graph.item_counts()
         self.transition = transition_block(config, graph)
-        self._sampler: NeighborSampler | None = None  # built on first use, on adj's device
 
     def _apply(self, fn, recurse=True):  # keep the adjacency on the model's device
         super()._apply(fn, recurse)
         self.adj = fn(self.adj)
-        self._sampler = None
         return self
 
     def propagate(self) -> tuple[Tensor, Tensor]:
@@ -96,12 +94,9 @@ class LightGCN(Recommender):
         from the whole graph or, with ``fanouts``, from their sampled neighbourhood."""
         if self.config.fanouts is None:
             return rows(self._readout(), nodes)  # (U+I, D) → (n, D)
-        if self._sampler is None:
-            self._sampler = NeighborSampler(self.adj)
         seeds, at = torch.unique(nodes, return_inverse=True)
-        sample = self._sampler.sample(seeds, self.config.fanouts)
-        readout = sampled_layer_mean(self.gcn.embedding.weight, sample, self.gcn.convs, len(seeds))
-        return rows(readout, at)
+        x, fanouts = self.gcn.embedding.weight, self.config.fanouts
+        return rows(sampled_readout(x, self.adj, self.gcn.convs, seeds, fanouts), at)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         ego = self.gcn.embedding.weight

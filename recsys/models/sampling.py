@@ -109,10 +109,7 @@ class NeighborSampler:
         whole = degree <= fanout
         # nodes with few neighbours: every edge, position start + 0..degree-1
         count = degree[whole]
-        first = torch.repeat_interleave(start[whole], count)
-        offset = torch.arange(len(first), device=first.device)
-        offset = offset - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-        whole_at = first + offset
+        whole_at = expand_ranges(start[whole], count)
         whole_target = torch.repeat_interleave(targets[whole], count)
         # the others: `fanout` uniform draws each, weighted degree / fanout
         many = ~whole
@@ -124,6 +121,32 @@ class NeighborSampler:
         at = torch.cat([whole_at, drawn_at])
         weight = self.values[at] * torch.cat([torch.ones_like(whole_at, dtype=scale.dtype), scale])
         return self.col[at], torch.cat([whole_target, drawn_target]), weight
+
+
+def expand_ranges(start: Tensor, count: Tensor) -> Tensor:
+    """``start (r,)``, ``count (r,)`` → the positions ``start[k] + 0 .. count[k] - 1`` of
+    every range, in order, concatenated ``(count.sum(),)``."""
+    first = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count)
+    return first + torch.arange(len(first), device=start.device)
+
+
+def sampler_for(adjacency: Tensor) -> NeighborSampler:
+    """The :class:`NeighborSampler` of a fixed ``adjacency``, built once and kept on the
+    tensor itself (as its scipy copy is): a moved or rebuilt matrix is a new tensor, so
+    its sampler is never stale."""
+    sampler = adjacency.__dict__.get("_neighbor_sampler")
+    if sampler is None:
+        sampler = adjacency.__dict__["_neighbor_sampler"] = NeighborSampler(adjacency)
+    return sampler
+
+
+def sampled_readout(
+    x: Tensor, adjacency: Tensor, convs: nn.ModuleList, seeds: Tensor, fanouts: list[int]
+) -> Tensor:
+    """The layer-mean readout of ``seeds (s,)`` (distinct global ids) over one draw of
+    their neighbourhood in ``adjacency``: ``x (N, D)`` → ``(s, D)``."""
+    sample = sampler_for(adjacency).sample(seeds, fanouts)
+    return sampled_layer_mean(x, sample, convs, len(seeds))
 
 
 def sampled_layer_mean(

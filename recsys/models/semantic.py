@@ -16,7 +16,7 @@ from recsys.models.graph import (
     normalized_adjacency,
 )
 from recsys.models.quantizer import assign_semantic_ids, codebook_stats
-from recsys.models.sampling import NeighborSampler, sampled_layer_mean
+from recsys.models.sampling import sampled_readout
 
 
 class GraphPropagation(nn.Module):
@@ -31,12 +31,10 @@ class GraphPropagation(nn.Module):
             graph.train_users, graph.train_items, graph.n_users, graph.n_items
         )
         self.item_degree = graph.item_counts()
-        self._sampler: NeighborSampler | None = None  # built on first use, on adj's device
 
     def _apply(self, fn, recurse=True):  # the derived adjacency follows the module's device
         super()._apply(fn, recurse)
         self.adj = fn(self.adj)
-        self._sampler = None
         return self
 
     def forward(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,11 +48,8 @@ class GraphPropagation(nn.Module):
         """The readout rows of ``seed_users (u,)`` and ``seed_items (i,)`` (ascending,
         distinct) over their sampled neighbourhood (:mod:`recsys.models.sampling`):
         ``(u, D)``, ``(i, D)``."""
-        if self._sampler is None:
-            self._sampler = NeighborSampler(self.adj)
         seeds = torch.cat([seed_users, seed_items + self.n_users])
-        sample = self._sampler.sample(seeds, fanouts)
-        out = sampled_layer_mean(torch.cat([users, items]), sample, self.convs, len(seeds))
+        out = sampled_readout(torch.cat([users, items]), self.adj, self.convs, seeds, fanouts)
         return out[: len(seed_users)], out[len(seed_users) :]
 
     def fold_in_rows(self, users: Tensor, items: Tensor) -> Tensor:

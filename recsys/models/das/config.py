@@ -174,11 +174,10 @@ class DASConfig(TransitionFields, FanoutFields):
             )
         if self.cold_semantic_weight != 1.0 and self.semantic_combination != "concat":
             raise ValueError("cold_semantic_weight needs semantic_combination: concat")
-        sampled = self.fanouts is not None
         for name, on in (
             ("user_history_weight", self.user_history_weight > 0),
             ("transition_dim", self.transition_dim > 0),
-            ("fanouts", sampled),
+            ("fanouts", self.fanouts is not None),
         ):
             if on and self.semantic_combination != "concat":
                 raise ValueError(f"{name} needs semantic_combination: concat")

@@ -49,6 +49,7 @@ from recsys.models.das.towers import InputTower
 from recsys.models.das.vectors import ConcatVectors, append_column
 from recsys.models.graph import sparse_matmul, sparse_rows_matmul
 from recsys.models.quantizer import assign_semantic_ids, codebook_stats
+from recsys.models.sampling import expand_ranges
 from recsys.models.semantic import GraphPropagation, semantic_id_table
 from recsys.models.transition import transition_block, transition_history
 
@@ -265,9 +266,7 @@ class DualAlignedSemanticIDs(Recommender):
             keys = self.history_keys  # ascending user·I + item
             start = torch.searchsorted(keys, users * self.n_items)
             count = torch.searchsorted(keys, (users + 1) * self.n_items) - start
-            first = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count)
-            at = first + torch.arange(int(count.sum()), device=keys.device)
-            history = keys[at] % self.n_items
+            history = keys[expand_ranges(start, count)] % self.n_items
         items = torch.unique(torch.cat([pos, neg.flatten(), history]))
         return items, torch.searchsorted(items, pos), torch.searchsorted(items, neg)
 
