@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--max-steps", type=int, help="steps an epoch at most (large data)")
+    parser.add_argument("overrides", nargs="*", help="more key=value config overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)  # as trainer.deterministic (the default)
@@ -47,7 +49,9 @@ def main() -> None:
     from recsys.train.module import RecommenderModule
 
     config = load_run_config(
-        args.config, [f"trainer.sampling.batch_size={args.batch_size}", f"model.dim={args.dim}"]
+        args.config,
+        [f"trainer.sampling.batch_size={args.batch_size}", f"model.dim={args.dim}"]
+        + args.overrides,
     )
     dataset = load_dataset(config.data)
     users, items = dataset.pairs(TRAIN)
@@ -69,7 +73,9 @@ def main() -> None:
         start = time.perf_counter()
         batches = PairBatches(data.users, data.items, data.sampler, config.trainer.sampling,
                               config.seed * 100003 + index)  # fmt: skip
-        for batch in batches:
+        for step, batch in enumerate(batches):
+            if args.max_steps is not None and step >= args.max_steps:
+                break
             loss = model.loss(batch)["loss"]
             optimizer.zero_grad()
             loss.backward()

@@ -128,6 +128,7 @@ def _export(args: argparse.Namespace) -> None:
         user_ids=users,
         chunk_users=args.chunk_users,
         progress=not args.no_progress,
+        index=args.index,
     )
     if args.verify:
         from recsys.export.topk import verify_partitioned
@@ -361,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--users", help="file with one user id per line (default: see --split)")
     p.add_argument("--chunk-users", type=int, default=4096)
+    p.add_argument(
+        "--index",
+        help="a saved index of the run (recsys index RUN --kind K; the name under RUN/index/)"
+        " that answers instead of exact scoring: for catalogues too large to score every"
+        " item for every user",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--partitioned",

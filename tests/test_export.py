@@ -139,3 +139,30 @@ def test_cli_export_and_errors(run, tmp_path):
     users.write_text("u1\nghost\n")
     res = subprocess.run(cmd + ["--users", str(users)], capture_output=True, text=True)
     assert res.returncode == 2 and "ghost" in res.stderr
+
+
+def test_an_index_export_is_the_exact_one_with_an_exact_index_and_names_a_missing_one(
+    run, tmp_path
+):
+    """--index: the saved index answers each chunk (seen items left out as served); with
+    the exact (flat) index the lists are the brute-force ones."""
+    from recsys.errors import ArtifactError
+    from recsys.index.run_index import build_for_run
+    from recsys.index.spec import IndexConfig
+
+    with pytest.raises(ArtifactError, match="recsys index"):
+        export_recommendations(run.root, tmp_path / "x.parquet", "all", k=5, index="flat")
+    build_for_run(run, IndexConfig(kind="flat", gpu=False)).save(run)
+    exact, searched = tmp_path / "exact.parquet", tmp_path / "searched.parquet"
+    for out, index in ((exact, None), (searched, "flat")):
+        export_recommendations(
+            run.root, out, split="all", k=5, chunk_users=9, progress=False, index=index
+        )
+    got, want = pd.read_parquet(searched), pd.read_parquet(exact)
+    pd.testing.assert_frame_equal(
+        got[["user_id", "item_id", "rank"]], want[["user_id", "item_id", "rank"]]
+    )
+    np.testing.assert_allclose(got.score, want.score, rtol=1e-5)
+    users = np.arange(len(run.user_map()))
+    items, _ = brute_force(run, users, (0, 1, 2), k=5)
+    assert run.item_map().to_index(got.item_id).reshape(-1, 5).tolist() == items.tolist()

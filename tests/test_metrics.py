@@ -301,3 +301,25 @@ def test_topk_matches_stable_sort_on_tie_heavy_scores():
         want_vals, want = torch.sort(scores[users], dim=1, descending=True, stable=True)
         assert torch.equal(items, want[:, :25])
         assert torch.equal(vals, want_vals[:, :25])
+
+
+def test_sample_users_keeps_whole_rows_of_a_seeded_sample():
+    import scipy.sparse as sp
+
+    from recsys.eval.ranking import sample_users
+
+    rng = np.random.default_rng(0)
+    truth = sp.random(50, 30, density=0.1, format="csr", random_state=rng)
+    with_items = np.flatnonzero(truth.getnnz(axis=1) > 0)
+    assert (
+        sample_users(truth, None, 0) is not None
+        and (sample_users(truth, None, 0) != truth).nnz == 0
+    )
+    assert (sample_users(truth, 10_000, 0) != truth).nnz == 0  # enough: every user
+    got = sample_users(truth, 7, seed=3)
+    kept = np.flatnonzero(got.getnnz(axis=1) > 0)
+    assert len(kept) == 7 and set(kept) <= set(with_items)
+    for u in kept:  # a sampled user keeps every relevant item
+        assert got[u].toarray().tolist() == truth[u].toarray().tolist()
+    assert (sample_users(truth, 7, seed=3) != got).nnz == 0  # the same users for the seed
+    assert not np.array_equal(np.flatnonzero(sample_users(truth, 7, 4).getnnz(axis=1)), kept)

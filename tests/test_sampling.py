@@ -77,7 +77,7 @@ def test_fanouts_covering_every_degree_give_the_whole_graphs_readout_and_gradien
     seeds = torch.tensor([5, 1, 70, 99, 42, 63])
     upstream = torch.randn(len(seeds), 6)
     sample = NeighborSampler(adj).sample(seeds, [n] * layers)
-    got = sampled_layer_mean(x, sample, convs, len(seeds))
+    got = sampled_layer_mean(x, sample, len(seeds))
     (got * upstream).sum().backward()
     got_grad = x.grad.clone()
     x.grad = None
@@ -98,7 +98,7 @@ def test_a_sampled_readout_is_an_unbiased_estimate_of_the_whole_one():
     torch.manual_seed(0)
     with torch.no_grad():
         draws = torch.stack(
-            [sampled_layer_mean(x, sampler.sample(seeds, [2, 2]), convs, len(seeds))
+            [sampled_layer_mean(x, sampler.sample(seeds, [2, 2]), len(seeds))
              for _ in range(2000)]
         )  # fmt: skip
         want = layer_mean_propagation(x, adj, convs)[seeds]
@@ -162,6 +162,50 @@ def test_lightgcn_trains_on_sampled_neighbourhoods_and_scores_on_the_whole_graph
     users, items = sampled.embeddings()  # scoring propagates over the whole graph
     readout = layer_mean_propagation(sampled.gcn.embedding.weight, sampled.adj, sampled.gcn.convs)
     assert torch.equal(torch.cat([users, items]), readout)
+
+
+def test_sparse_updates_give_the_dense_gradients_on_the_rows_a_step_read():
+    """sparse_updates: the same loss, and each table's gradient is the dense one's, held as
+    sparse rows: only rows the step read (its sampled nodes, its pairs' transition rows)."""
+    graph = power_law_graph(n_users=200, n_items=120, seed=5)
+    batch = {
+        "users": torch.as_tensor(graph.train_users[:20]),
+        "pos_items": torch.as_tensor(graph.train_items[:20]),
+        "neg_items": torch.as_tensor(np.random.default_rng(1).integers(0, 120, size=(20, 1))),
+    }
+    out = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        config = LightGCNConfig(
+            dim=8, layers=2, fanouts=[2, 2], sparse_updates=sparse, transition_dim=4
+        )
+        model = LightGCN(config, graph)
+        torch.manual_seed(1)  # the same draws
+        loss = model.loss(batch)["loss"]
+        loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        out.append((loss.detach(), grads, model.sparse_parameters()))
+    (dense_loss, dense, none), (sparse_loss, sparse, tables) = out
+    assert none == [] and len(tables) == 3  # node table, transition source and target
+    torch.testing.assert_close(sparse_loss, dense_loss)
+    assert dense.keys() == sparse.keys()
+    for name, grad in sparse.items():
+        assert grad.is_sparse, name
+        torch.testing.assert_close(grad.to_dense(), dense[name], msg=name)
+        read = grad.coalesce().indices()[0].unique()
+        assert len(read) < grad.shape[0] / 2, name  # a fraction of the rows, not the table
+        untouched = torch.ones(grad.shape[0], dtype=torch.bool)
+        untouched[read] = False
+        assert bool((dense[name][untouched] == 0).all()), name  # no row lost
+
+
+def test_sparse_updates_need_fanouts_and_one_process():
+    with pytest.raises(ValueError, match="sparse_updates needs fanouts"):
+        LightGCNConfig(layers=2, sparse_updates=True)
+    sampled = REPO / "configs" / "lightgcn_sampled.yaml"
+    for several in (["trainer.strategy=ddp_spawn", "trainer.devices=2"], ["trainer.devices=2"]):
+        with pytest.raises(ConfigError, match="sparse_updates works in one process only"):
+            load_run_config(sampled, ["model.sparse_updates=true", *several])
 
 
 def test_fanouts_need_one_entry_per_layer():

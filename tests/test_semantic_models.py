@@ -285,11 +285,14 @@ def test_das_batch_user_tables_give_every_users_loss_and_gradients(monkeypatch, 
     [
         {"user_semantic": "history", "user_history_weight": 2.0, "history_leave_target_out": True},
         {"user_semantic": "sid", "transition_dim": 8},
+        {"user_semantic": "history", "user_history_weight": 2.0, "transition_dim": 8,
+         "code_embeddings": True, "sparse_updates": True},
     ],
-)
+)  # fmt: skip
 def test_das_with_covering_fanouts_has_the_whole_graphs_loss_and_gradients(settings):
     """Sampled propagation whose fanouts cover every degree draws every edge: the step's
-    losses and gradients are the whole-graph step's (up to summation order)."""
+    losses and gradients are the whole-graph step's (up to summation order); with
+    sparse_updates the tables' gradients are those, held as sparse rows."""
     graph, _ = synthetic_content_graph()
     rng = np.random.default_rng(2)
     idx = rng.integers(0, len(graph.train_users), size=6)  # few: history items not in pairs
@@ -301,7 +304,10 @@ def test_das_with_covering_fanouts_has_the_whole_graphs_loss_and_gradients(setti
     results = []
     for fanouts in (None, [1000, 1000]):
         torch.manual_seed(0)
-        model = build_model(small_das(**CONTENT_CONCAT, **settings, fanouts=fanouts), graph)
+        sparse = settings.get("sparse_updates", False) and fanouts is not None
+        config = small_das(**CONTENT_CONCAT, **{**settings, "sparse_updates": sparse},
+                           fanouts=fanouts)  # fmt: skip
+        model = build_model(config, graph)
         model.on_train_epoch_start(0)
         torch.manual_seed(1)  # the co-occurrence term samples neighbours
         losses = model.loss(batch)
@@ -313,7 +319,11 @@ def test_das_with_covering_fanouts_has_the_whole_graphs_loss_and_gradients(setti
     for name, value in want_losses.items():
         torch.testing.assert_close(got_losses[name], value, msg=name)
     for name, grad in want_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, msg=name)
+        got = got_grads[name]
+        assert got.is_sparse == (settings.get("sparse_updates", False) and grad.dim() == 2
+                                 and name.split(".")[0] in ("user", "item", "item_suffix_emb",
+                                                             "transition")), name  # fmt: skip
+        torch.testing.assert_close(got.to_dense() if got.is_sparse else got, grad, msg=name)
 
 
 def test_das_samples_its_steps_items_and_trains():

@@ -102,10 +102,20 @@ def crash_at(monkeypatch, epoch: dict[str, int]):
     return original
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.5])
-def test_resume_after_crash_equals_uninterrupted(tmp_path, tiny_table, monkeypatch, ema_decay):
+@pytest.mark.parametrize(
+    "ema_decay, model",
+    [
+        (None, {}),
+        (0.5, {}),
+        # sampled steps with lazily updated tables: the draws and the sparse moments resume
+        (None, {"fanouts": [3, 3], "sparse_updates": True, "transition_dim": 8}),
+    ],
+)
+def test_resume_after_crash_equals_uninterrupted(
+    tmp_path, tiny_table, monkeypatch, ema_decay, model
+):
     def config_of(name):
-        config = make_config(tmp_path, tiny_table, name)
+        config = make_config(tmp_path, tiny_table, name, **model)
         config.trainer.ema_decay = ema_decay  # averaged weights resume with the raw ones
         return config
 
@@ -497,3 +507,15 @@ def test_entries_set_after_the_epoch_reach_validation_under_weight_averaging(
         assert during_fit == [7.0, 7.0]
     else:  # the average blends the set value with the averaged history
         assert all(v != 7.0 for v in during_fit)
+
+
+def test_eval_max_users_ranks_a_sample_of_the_users(tmp_path, tiny_table):
+    """eval.max_users: the valid and test metrics average over that many users (a sample;
+    the saved embeddings still rank every user)."""
+    config = make_config(tmp_path, tiny_table, "sampled")
+    config.trainer.max_epochs = 1
+    config.eval.max_users = 5
+    run = train_run(config)
+    metrics = run.metrics()
+    assert metrics["valid"]["n_users"] == metrics["test"]["n_users"] == 5
+    assert evaluate_run(run)["n_users"] > 5  # every user, from the same embeddings

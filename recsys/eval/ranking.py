@@ -256,6 +256,21 @@ def per_user_metrics(
     return _evaluate(score_fn, truth, exclude, ks, candidates, batch_size, False)[1:]
 
 
+def sample_users(truth: sp.csr_matrix, max_users: int | None, seed: int) -> sp.csr_matrix:
+    """``truth`` with the relevant items of at most ``max_users`` of its users kept (a
+    uniform draw, seeded, among the users with any); every user when None or enough."""
+    truth = _as_csr(truth, "truth")
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    if max_users is None or len(users) <= max_users:
+        return truth
+    keep = np.random.default_rng(seed).choice(users, max_users, replace=False)
+    mask = np.zeros(truth.shape[0], dtype=truth.dtype)
+    mask[keep] = 1
+    out = sp.diags(mask) @ truth
+    out.eliminate_zeros()
+    return out.tocsr()
+
+
 def evaluate(
     score_fn: ScoreFn,
     truth: sp.csr_matrix,

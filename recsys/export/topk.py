@@ -14,6 +14,12 @@ Two outputs:
   rerun of the same export skips the parts that exist, so an interrupted export resumes
   with no user duplicated or missing; a rerun with other parameters into the same folder
   is refused, since its parts would not line up.
+
+Scoring is exact (every user against every item, one chunk of users at a time) unless
+``index`` names a saved index of the run (``recsys index``): then each chunk's top-``k``
+comes from that index's search with the user's seen items left out, as serving answers,
+so a million-item catalogue costs a search per user instead of a million dot products
+(its recall against exact is the index's calibrated one, recorded by ``recsys index``).
 """
 
 from __future__ import annotations
@@ -70,9 +76,12 @@ def select_users(run: RunFolder, split: ExportSplit, user_ids: list[str] | None)
 
 
 class _Scorer:
-    """What every chunk of an export needs: embeddings, id maps, masks and candidates."""
+    """What every chunk of an export needs: embeddings, id maps, masks and candidates (and
+    the saved index ``index`` that answers, if any)."""
 
-    def __init__(self, run: RunFolder, split: ExportSplit, k: int) -> None:
+    def __init__(
+        self, run: RunFolder, split: ExportSplit, k: int, index: str | None = None
+    ) -> None:
         if k <= 0:
             raise RecsysError(f"k must be positive, got {k}")
         self.k = k
@@ -81,16 +90,38 @@ class _Scorer:
         self.exclude = run.matrix(*SEEN[split])
         candidates = run.candidates("test" if split == "all" else split)
         self.candidates = None if split == "all" else candidates  # production: everything
+        self.index = None
+        if index is not None:
+            if self.candidates is not None:
+                raise RecsysError(
+                    f"--index searches the whole catalogue, but split {split!r} of this run"
+                    " ranks candidate items only: export it exactly (without --index)"
+                )
+            from recsys.index.faiss_index import ItemIndex  # FAISS only on this path
+
+            self.index = ItemIndex.load(run, index)
 
     def score(self, batch: torch.Tensor) -> torch.Tensor:
         return self.user_emb[batch] @ self.item_emb.T
 
+    def _topk(self, users: np.ndarray, chunk_users: int):
+        """``(users_chunk (B,), items (B, k), scores (B, k))`` per chunk, numpy."""
+        if self.index is None:
+            for chunk, items, scores in iter_topk(
+                self.score, users, self.k, self.exclude, self.candidates, batch_size=chunk_users
+            ):
+                yield chunk, items.numpy(), scores.numpy()
+            return
+        ptr, seen = self.exclude.indptr, self.exclude.indices
+        for start in range(0, len(users), chunk_users):
+            chunk = users[start : start + chunk_users]
+            exclude = [seen[ptr[u] : ptr[u + 1]].astype(np.int64) for u in chunk]
+            items, scores = self.index.search(self.user_emb[chunk].numpy(), self.k, exclude)
+            yield chunk, items, scores
+
     def tables(self, users: np.ndarray, chunk_users: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
         """``(users_chunk (B,), table of ≤ B·k rows)`` per chunk of ``users``, in order."""
-        for chunk, items, scores in iter_topk(
-            self.score, users, self.k, self.exclude, self.candidates, batch_size=chunk_users
-        ):
-            items_np, scores_np = items.numpy(), scores.numpy()
+        for chunk, items_np, scores_np in self._topk(users, chunk_users):
             valid = items_np >= 0  # a user with fewer than k unseen items gets fewer rows
             ranks = np.broadcast_to(
                 np.arange(1, items_np.shape[1] + 1, dtype=np.int32), items_np.shape
@@ -117,9 +148,10 @@ def iter_recommendation_tables(
     user_ids: list[str] | None = None,
     chunk_users: int = 4096,
     progress: bool = True,
+    index: str | None = None,
 ) -> Iterator[pa.Table]:
     """Yield one Arrow table per chunk of users, ``(chunk × k)`` rows at most."""
-    scorer = _Scorer(run, split, k)
+    scorer = _Scorer(run, split, k, index)
     users = select_users(run, split, user_ids)
     bar = tqdm(total=len(users), unit="user", desc="export", disable=not progress)
     for chunk, table in scorer.tables(users, chunk_users):
@@ -136,6 +168,7 @@ def export_recommendations(
     user_ids: list[str] | None = None,
     chunk_users: int = 4096,
     progress: bool = True,
+    index: str | None = None,
 ) -> int:
     """Write top-``k`` per user to ``out`` (Parquet, or CSV by extension) atomically.
 
@@ -145,7 +178,7 @@ def export_recommendations(
     run = RunFolder(Path(run_dir))
     run.manifest()  # fail early on a folder that is not a finished run
     out = Path(out)
-    tables = iter_recommendation_tables(run, split, k, user_ids, chunk_users, progress)
+    tables = iter_recommendation_tables(run, split, k, user_ids, chunk_users, progress, index)
     n_rows = 0
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".csv":
@@ -186,6 +219,7 @@ def export_partitioned(
     chunk_users: int = 4096,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    index: str | None = None,
 ) -> dict[str, Any]:
     """Write top-``k`` per user to ``out_dir/part-NNNNN.parquet``, resumably.
 
@@ -226,6 +260,7 @@ def export_partitioned(
         "users_sha256": hashlib.sha256(users.astype("<i8").tobytes()).hexdigest(),
         "n_parts": n_parts,
         "schema": [f"{f.name}:{f.type}" for f in SCHEMA],
+        "index": index,  # None: exact scoring
     }
     _claim(out_dir, manifest)
     mine = [n for n in range(n_parts) if n % n_shards == shard_index]
@@ -240,7 +275,7 @@ def export_partitioned(
     bar = tqdm(total=total, initial=done_users, unit="user", desc="export", disable=not progress)
     scored = 0
     if pending:
-        scorer = _Scorer(run, split, k)
+        scorer = _Scorer(run, split, k, index)
         for n in pending:
             chunk_users_idx = users[n * chunk_users : (n + 1) * chunk_users]
             ((_, table),) = scorer.tables(chunk_users_idx, chunk_users)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.config import StrictModel
@@ -107,6 +108,12 @@ class Recommender(nn.Module):
         """Scalars logged at the end of each training epoch (e.g. codebook health)."""
         return {}
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The embedding tables whose training gradients are sparse (their rows read by a
+        step only; ``sparse_updates``), updated lazily by the optimiser
+        (:mod:`recsys.train.optim`)."""
+        return []
+
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Loss terms for one batch; ``"loss"`` is the total that is optimised.
 
@@ -160,10 +167,14 @@ def build_model(config: StrictModel, graph: TrainingGraph) -> Recommender:
     return model_spec(config.kind).build(config, graph)  # type: ignore[attr-defined]
 
 
-def rows(table: Tensor, index: Tensor) -> Tensor:
+def rows(table: Tensor, index: Tensor, sparse: bool = False) -> Tensor:
     """``table[index]`` for a row table ``(N, D)`` and an index of any shape ``S`` →
     ``(*S, D)``, through ``index_select``: the same values, and a backward (index_add) about
-    twice as fast as advanced indexing's (index_put) under deterministic algorithms."""
+    twice as fast as advanced indexing's (index_put) under deterministic algorithms.
+    ``sparse``: through ``F.embedding(sparse=True)`` instead, so that ``table``'s gradient
+    is sparse (the rows read only), for lazily updated tables."""
+    if sparse:
+        return F.embedding(index, table, sparse=True)
     return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
 
 

@@ -55,7 +55,7 @@ class LightGCN(Recommender):
         # Not a buffer: it is derived from the data, and sparse CSR does not serialise.
         self.adj = adj
         self.item_degree = graph.item_counts()
-        self.transition = transition_block(config, graph)
+        self.transition = transition_block(config, graph, sparse=config.sparse_updates)
 
     def _apply(self, fn, recurse=True):  # keep the adjacency on the model's device
         super()._apply(fn, recurse)
@@ -89,6 +89,12 @@ class LightGCN(Recommender):
         add_transition_segment(segments, arrays, self.transition, self.config.dim)
         return segments, arrays
 
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        if not self.config.sparse_updates:
+            return []
+        block = [] if self.transition is None else list(self.transition.parameters())
+        return [self.gcn.embedding.weight, *block]
+
     def _batch_readout(self, nodes: Tensor) -> Tensor:
         """``(len(nodes), D)``: the readout rows of ``nodes`` (global ids, repeats allowed),
         from the whole graph or, with ``fanouts``, from their sampled neighbourhood."""
@@ -96,7 +102,10 @@ class LightGCN(Recommender):
             return rows(self._readout(), nodes)  # (U+I, D) → (n, D)
         seeds, at = torch.unique(nodes, return_inverse=True)
         x, fanouts = self.gcn.embedding.weight, self.config.fanouts
-        return rows(sampled_readout(x, self.adj, self.gcn.convs, seeds, fanouts), at)
+        if self.config.sparse_updates:  # the sampled rows only, with a sparse gradient
+            weight = x
+            x = lambda ids: rows(weight, ids, sparse=True)  # noqa: E731
+        return rows(sampled_readout(x, self.adj, seeds, fanouts), at)
 
     def loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         ego = self.gcn.embedding.weight
@@ -111,7 +120,7 @@ class LightGCN(Recommender):
         nodes = torch.cat(parts)
         sizes = [len(x) for x in parts]
         final = self._batch_readout(nodes).split(sizes)
-        reg_terms = list(rows(ego, nodes).split(sizes))
+        reg_terms = list(rows(ego, nodes, self.config.sparse_updates).split(sizes))
         u, p = final[0], final[1]
         n = final[2].view(*neg.shape, -1) if neg is not None else None
         u, p, n, reg = batch_with_transition(self.transition, batch, u, p, n)

@@ -5,8 +5,10 @@ fanouts, not the catalogue (``fanouts`` in LightGCN's config).
 The sampling is GraphSAGE's node-wise scheme as PyG's ``NeighborSampler`` runs it (hop by
 hop from the seeds; a node reached again is not expanded again), on the normalised
 adjacency LightGCN already holds. PyG's own sampler needs ``pyg-lib`` or ``torch-sparse``,
-neither of which ships a wheel for this torch, so the draw is a few vectorised torch ops;
-the convolution on the sampled edges is PyG's ``LGConv``.
+neither of which ships a wheel for this torch, so the draw is a few vectorised torch ops.
+Each layer is one sparse-dense product (PyG's ``spmm``, what ``LGConv`` runs on a sparse
+adjacency) over the sampled edges it needs, trimmed as PyG's ``trim_to_layer`` trims: layer
+``l`` of ``L`` only produces the rows of nodes within ``L - l`` hops of the seeds.
 
 A node with at most ``fanout`` neighbours keeps all of them (its propagated row is exact);
 one with more draws ``fanout`` uniformly (with replacement), each kept edge weighted by
@@ -17,10 +19,12 @@ fanout at least the largest degree the seeds' readout is the full graph's.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from pydantic import Field, PositiveInt, model_validator
-from torch import Tensor, nn
+from torch import Tensor
+from torch_geometric.utils import spmm
 
 from recsys.config import StrictModel
 
@@ -35,6 +39,13 @@ class FanoutFields(StrictModel):
         " over the whole graph (validation and scoring always do)",
     )
 
+    sparse_updates: bool = Field(
+        default=False,
+        description="with fanouts: a step reads its embedding rows with sparse gradients and"
+        " Adam updates only those rows (lazy Adam, recsys.train.optim), so that a step's cost"
+        " follows the batch, not the catalogue; False: every row every step (dense Adam)",
+    )
+
     @model_validator(mode="after")
     def _one_fanout_per_layer(self) -> FanoutFields:
         layers = getattr(self, "layers", None)
@@ -43,24 +54,38 @@ class FanoutFields(StrictModel):
                 f"fanouts has {len(self.fanouts)} entries but layers is {layers}: "
                 "give one fanout per layer"
             )
+        if self.sparse_updates and self.fanouts is None:
+            raise ValueError(
+                "sparse_updates needs fanouts: a whole-graph step reads every row anyway"
+            )
         return self
 
 
 @dataclasses.dataclass
 class SampledGraph:
     """A seeds' sampled neighbourhood: ``nodes (n,)`` global ids, the seeds first in their
-    given order; edges ``source → target (e,)`` as positions in ``nodes``, with their
-    weights ``weight (e,)``."""
+    given order, then each hop's new nodes (``within[k]``: how many nodes lie within ``k``
+    hops, ``within[0]`` the seeds); edges ``source → target (e,)`` as positions in
+    ``nodes``, with their weights ``weight (e,)``, ordered by target (so by hop: the first
+    ``drawn[k]`` edges are those of hops 1..k, into the nodes within ``k - 1`` hops)."""
 
     nodes: Tensor
     source: Tensor
     target: Tensor
     weight: Tensor
+    within: list[int]
+    drawn: list[int]
 
-    @property
-    def edge_index(self) -> Tensor:
-        """``(2, e)``: PyG's layout (row 0 the source, row 1 the target)."""
-        return torch.stack([self.source, self.target])
+    def adjacency(self, hops: int) -> Tensor:
+        """Sparse CSR ``(within[hops - 1], within[hops])``: the edges of hops ``1..hops``,
+        row ``v`` the weighted messages node ``v`` receives."""
+        rows, cols, edges = self.within[hops - 1], self.within[hops], self.drawn[hops]
+        target = self.target[:edges]
+        crow = torch.zeros(rows + 1, dtype=torch.long, device=target.device)
+        crow[1:] = torch.cumsum(torch.bincount(target, minlength=rows), 0)
+        return torch.sparse_csr_tensor(
+            crow, self.source[:edges], self.weight[:edges], (rows, cols)
+        )
 
 
 class NeighborSampler:
@@ -82,6 +107,7 @@ class NeighborSampler:
         self._slot[seeds] = torch.arange(len(seeds), device=seeds.device)
         known = len(seeds)
         sources, targets, weights = [], [], []
+        within, drawn = [known], [0]
         for fanout in fanouts:
             source, target, weight = self._draw(frontier, fanout)
             sources.append(source)
@@ -90,13 +116,20 @@ class NeighborSampler:
             new = torch.unique(source[self._slot[source] < 0])  # reached for the first time
             self._slot[new] = torch.arange(known, known + len(new), device=new.device)
             known += len(new)
+            within.append(known)
+            drawn.append(drawn[-1] + len(source))
             nodes.append(new)
             frontier = new
+        target = self._slot[torch.cat(targets)]
+        # by target (a hop's targets follow the earlier hops'): each hop's CSR is a prefix
+        target, order = torch.sort(target, stable=True)
         sample = SampledGraph(
             torch.cat(nodes),
-            self._slot[torch.cat(sources)],
-            self._slot[torch.cat(targets)],
-            torch.cat(weights),
+            self._slot[torch.cat(sources)][order],
+            target,
+            torch.cat(weights)[order],
+            within,
+            drawn,
         )
         self._slot[sample.nodes] = -1
         return sample
@@ -140,25 +173,26 @@ def sampler_for(adjacency: Tensor) -> NeighborSampler:
     return sampler
 
 
-def sampled_readout(
-    x: Tensor, adjacency: Tensor, convs: nn.ModuleList, seeds: Tensor, fanouts: list[int]
-) -> Tensor:
+Layer0 = Tensor | Callable[[Tensor], Tensor]  # a table (N, D), or global ids → their rows
+
+
+def sampled_readout(x: Layer0, adjacency: Tensor, seeds: Tensor, fanouts: list[int]) -> Tensor:
     """The layer-mean readout of ``seeds (s,)`` (distinct global ids) over one draw of
-    their neighbourhood in ``adjacency``: ``x (N, D)`` → ``(s, D)``."""
+    their neighbourhood in ``adjacency``, one layer per fanout: ``x (N, D)`` → ``(s, D)``."""
     sample = sampler_for(adjacency).sample(seeds, fanouts)
-    return sampled_layer_mean(x, sample, convs, len(seeds))
+    return sampled_layer_mean(x, sample, len(seeds))
 
 
-def sampled_layer_mean(
-    x: Tensor, sample: SampledGraph, convs: nn.ModuleList, n_seeds: int
-) -> Tensor:
+def sampled_layer_mean(x: Layer0, sample: SampledGraph, n_seeds: int) -> Tensor:
     """LightGCN's readout of the seeds, the mean of ``x, Âx, Â²x, ...`` over the sampled
-    edges only (one PyG ``LGConv`` per layer, ``normalize=False``: the weights are the
-    sample's). ``x (N, D)``: every node's layer-0 row → ``(n_seeds, D)``."""
-    h = x.index_select(0, sample.nodes)  # (n, D)
-    out = h
-    edge_index = sample.edge_index
-    for conv in convs:
-        h = conv(h, edge_index, sample.weight)  # (n, D): nodes without in-edges get 0
-        out = out + h
-    return out[:n_seeds] / (len(convs) + 1)
+    edges only, one layer per hop of the sample. ``x``: every node's layer-0 row ``(N, D)``,
+    or a function giving the rows of the sampled nodes (so that only those are computed or
+    read) → ``(n_seeds, D)``."""
+    h = x(sample.nodes) if callable(x) else x.index_select(0, sample.nodes)  # (n, D)
+    out = h[:n_seeds]
+    layers = len(sample.within) - 1
+    for layer in range(1, layers + 1):
+        # (within[L-l], within[L-l+1]) @ (within[L-l+1], D): the rows later layers read
+        h = spmm(sample.adjacency(layers - layer + 1), h, reduce="sum")
+        out = out + h[:n_seeds]
+    return out / (layers + 1)

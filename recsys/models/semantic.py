@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from recsys.models.graph import (
 )
 from recsys.models.quantizer import assign_semantic_ids, codebook_stats
 from recsys.models.sampling import sampled_readout
+
+RowsOf = Callable[[Tensor], Tensor]  # indices (n,) → their rows (n, D)
 
 
 class GraphPropagation(nn.Module):
@@ -43,13 +46,28 @@ class GraphPropagation(nn.Module):
         return out[: self.n_users], out[self.n_users :]
 
     def sampled(
-        self, users: Tensor, items: Tensor, seed_users: Tensor, seed_items: Tensor, fanouts
+        self,
+        user_rows: RowsOf,
+        item_rows: RowsOf,
+        seed_users: Tensor,
+        seed_items: Tensor,
+        fanouts: list[int],
     ) -> tuple[Tensor, Tensor]:
         """The readout rows of ``seed_users (u,)`` and ``seed_items (i,)`` (ascending,
         distinct) over their sampled neighbourhood (:mod:`recsys.models.sampling`):
-        ``(u, D)``, ``(i, D)``."""
+        ``(u, D)``, ``(i, D)``. ``user_rows``, ``item_rows``: user / item indices → their
+        layer-0 rows, asked for the sampled nodes only."""
+
+        def layer0(nodes: Tensor) -> Tensor:  # global ids (users, then items + U) → rows
+            is_item = nodes >= self.n_users
+            at_user, at_item = torch.nonzero(~is_item)[:, 0], torch.nonzero(is_item)[:, 0]
+            x = torch.cat([user_rows(nodes[at_user]), item_rows(nodes[at_item] - self.n_users)])
+            back = torch.empty_like(nodes)
+            back[torch.cat([at_user, at_item])] = torch.arange(len(nodes), device=nodes.device)
+            return x.index_select(0, back)
+
         seeds = torch.cat([seed_users, seed_items + self.n_users])
-        out = sampled_readout(torch.cat([users, items]), self.adj, self.convs, seeds, fanouts)
+        out = sampled_readout(layer0, self.adj, seeds, fanouts)
         return out[: len(seed_users)], out[len(seed_users) :]
 
     def fold_in_rows(self, users: Tensor, items: Tensor) -> Tensor:

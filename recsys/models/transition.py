@@ -13,6 +13,8 @@ masked), and a cold item's transition score is 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -79,9 +81,12 @@ def preceding_items(
 class TransitionBlock(nn.Module):
     """``P``/``Q`` item tables of width ``dim`` and the contexts that index them."""
 
-    def __init__(self, graph: TrainingGraph, dim: int, window: int, decay: float) -> None:
+    def __init__(
+        self, graph: TrainingGraph, dim: int, window: int, decay: float, sparse: bool = False
+    ) -> None:
         super().__init__()
         self.n_users, self.n_items = graph.n_users, graph.n_items
+        self.sparse = sparse  # training reads rows with sparse gradients (sparse_updates)
         self.window, self.decay = window, decay
         # row n_items: the padding "item" of short contexts (masked like a cold item)
         self.source = nn.Embedding(graph.n_items + 1, dim)
@@ -124,7 +129,11 @@ class TransitionBlock(nn.Module):
         # embedding_bag sums the weighted rows without materialising (N, window, dim): about
         # 3× faster forward + backward than gather, mask and sum at window 20
         return F.embedding_bag(
-            items, self.source.weight, per_sample_weights=weights * self.warm[items], mode="sum"
+            items,
+            self.source.weight,
+            per_sample_weights=weights * self.warm[items],
+            mode="sum",
+            sparse=self.sparse,
         )
 
     def user_vectors(self) -> Tensor:
@@ -150,13 +159,24 @@ class TransitionBlock(nn.Module):
         """``(I, dim)``: ``Q``, zero for items without training interactions."""
         return self.target.weight * self.warm[:-1, None]
 
+    def item_reader(self) -> Callable[[Tensor], Tensor]:
+        """``items (*S)`` → ``(*S, dim)``, their rows of :meth:`item_vectors`: gathered from
+        the whole table, computed once per reader; with ``sparse``, each row read alone
+        (a sparse gradient)."""
+        if not self.sparse:
+            table = self.item_vectors()
+            return lambda items: rows(table, items)
+        return lambda items: rows(self.target.weight, items, True) * self.warm[items][..., None]
 
-def transition_block(config: TransitionFields, graph: TrainingGraph) -> TransitionBlock | None:
+
+def transition_block(
+    config: TransitionFields, graph: TrainingGraph, sparse: bool = False
+) -> TransitionBlock | None:
     """The configured block, or None when ``transition_dim`` is 0."""
     if config.transition_dim == 0:
         return None
     return TransitionBlock(
-        graph, config.transition_dim, config.transition_window, config.transition_decay
+        graph, config.transition_dim, config.transition_window, config.transition_decay, sparse
     )
 
 
@@ -182,15 +202,15 @@ def batch_with_transition(
     if block is None:
         return user, pos, neg, []
     users, items = batch["users"], batch["pos_items"]
-    t_u, t_i = block.pair_vectors(users, items), block.item_vectors()
-    t_pos = rows(t_i, items)
+    t_u, item_rows = block.pair_vectors(users, items), block.item_reader()
+    t_pos = item_rows(items)
     user, pos = torch.cat([user, t_u], -1), torch.cat([pos, t_pos], -1)
     reg = [t_u, t_pos]
     if neg is not None:
         neg_items = batch["neg_items"] if neg.dim() == 3 else batch["neg_items"][:, 0]
-        t_neg = rows(t_i, neg_items)
+        t_neg = item_rows(neg_items)
         neg = torch.cat([neg, t_neg], -1)
-        reg.append(t_neg.reshape(-1, t_i.shape[1]))
+        reg.append(t_neg.reshape(-1, t_neg.shape[-1]))
     return user, pos, neg, reg
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from recsys.config import StrictModel, apply_overrides, load_yaml, validate
 from recsys.data.dataset import DataConfig
@@ -77,6 +77,14 @@ class TrainerConfig(StrictModel):
 class EvalConfig(StrictModel):
     ks: list[int] = [5, 10, 20]
     batch_size: int = 1024
+    max_users: int | None = Field(
+        default=None,
+        ge=1,
+        description="rank a uniform sample of this many of a split's users (seeded by the"
+        " run's seed, the same users at every validation) for the valid and test metrics:"
+        " for catalogues where ranking every user is the cost of an epoch or more. None:"
+        " every user (the protocol's metrics)",
+    )
 
 
 class RunConfig(StrictModel):
@@ -98,6 +106,18 @@ class RunConfig(StrictModel):
         if not isinstance(value, dict) or value.get("kind") not in model_kinds():
             raise ValueError(f"needs a 'kind', one of {model_kinds()}")
         return model_spec(value["kind"]).config_cls.model_validate(value)
+
+    @model_validator(mode="after")
+    def _one_process_for_sparse_updates(self) -> RunConfig:
+        t = self.trainer
+        several = t.strategy != "auto" or t.devices not in ("auto", 1) or t.num_nodes > 1
+        if getattr(self.model, "sparse_updates", False) and several:
+            raise ValueError(
+                "model.sparse_updates works in one process only (DDP averages dense"
+                f" gradients; strategy {t.strategy!r}, devices {t.devices!r}): set"
+                " model.sparse_updates: false to train in several processes"
+            )
+        return self
 
     def dump(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")

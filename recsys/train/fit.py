@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from recsys.artifacts import RunFolder
 from recsys.data.dataset import SplitDataset
 from recsys.data.splits import TRAIN
+from recsys.eval.ranking import sample_users
 from recsys.io import atomic_write_text
 from recsys.models import TrainingGraph, build_model
 from recsys.models.base import Recommender
@@ -94,6 +95,7 @@ def fit(
     """Train with Lightning; load the best checkpoint's weights into ``model``."""
     tc = config.trainer
     valid_truth, valid_exclude = dataset.eval_matrices("valid")
+    valid_truth = sample_users(valid_truth, config.eval.max_users, config.seed)
     module = RecommenderModule(
         model,
         tc.lr,

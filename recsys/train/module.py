@@ -10,6 +10,7 @@ import torch
 from recsys.eval.ranking import evaluate
 from recsys.models.base import Recommender, dot_scores
 from recsys.train.ema import ParameterEMA
+from recsys.train.optim import adam_for
 
 
 class RecommenderModule(L.LightningModule):
@@ -87,10 +88,4 @@ class RecommenderModule(L.LightningModule):
                 self.log(f"val/{name}", float(value), prog_bar=name == "ndcg@10", sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self.parameters())
-        # One fused kernel for all parameters (CPU and CUDA): the per-tensor update's
-        # passes over the embedding tables were ~8% of a LightGCN step on Beauty.
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        return torch.optim.Adam(
-            params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
-        )
+        return adam_for(self, self.model.sparse_parameters(), self.lr, self.weight_decay)

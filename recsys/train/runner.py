@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from recsys.artifacts import RunFolder, git_commit
 from recsys.data.dataset import SplitDataset, load_dataset
 from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.errors import ConfigError
-from recsys.eval.ranking import evaluate
+from recsys.eval.ranking import evaluate, sample_users
 from recsys.io import atomic_write_text
 from recsys.models import TrainingGraph, build_model
 from recsys.models.base import Recommender, dot_scores, frozen_embeddings, model_spec
@@ -125,6 +126,7 @@ def evaluate_embeddings(vectors, dataset: SplitDataset, config: RunConfig) -> di
     for split in ("valid", "test"):
         user, item = vectors[split]
         truth, exclude = dataset.eval_matrices(split)
+        truth = sample_users(truth, config.eval.max_users, config.seed)
         if truth.nnz == 0:
             continue
         out[split] = evaluate(
@@ -370,7 +372,9 @@ def _train_into_folder(
     elif model.trainable:
         training = fit(model, dataset, config, run, resume, callbacks)
         atomic_write_text(selected, json.dumps(training))
+    start = time.perf_counter()
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
+    training["embedding_seconds"] = round(time.perf_counter() - start, 3)
     user, item = valid_user, valid_item
     user_for_valid = item_for_valid = None
     known = np.isin(dataset.labels, (TRAIN, VALID))

@@ -135,24 +135,27 @@ class ConcatCombination:
         users, pos = batch["users"], batch["pos_items"]
         neg = batch["neg_items"][:, 0]
         s_u = None
-        # The item tower over all rows (the propagation needs every item's codes).
-        item_out = model.item_tower(None)
+        sampled = cfg.fanouts is not None
+        # The user tables hold the batch's distinct users only (row ``at`` of each pair):
+        # their history pools cost a fraction of every user's.
+        distinct, at = batch_user_rows(users)
+        # Sampled propagation: the item tables hold the step's items only (row pos_at ...)
+        items, pos_at, neg_at = None, pos, neg
+        if sampled:
+            items, pos_at, neg_at = model.batch_items(distinct, pos, neg)
+        # The item tower over all rows (the propagation needs every item's codes), or
+        # over the step's items when the propagation is sampled.
+        item_out = model.item_tower(items)
         # The semantic vectors in the interest space are used by the alignment terms
         # only, which see the batch's first pairs (_aux_losses): projected there only.
         aligned = users[: cfg.align_batch_size]
         user_out, batch_users_only = None, False
         if model.user_tower is not None:
             # With the users' semantic side pooled from their histories, the user tower
-            # only aligns: once frozen, it encodes just those users.
-            batch_users_only = model.pool_history and bool(model.user_tower.frozen)
+            # only aligns: once frozen (or on sampled steps), it encodes just those users.
+            frozen_or_sampled = bool(model.user_tower.frozen) or sampled
+            batch_users_only = model.pool_history and frozen_or_sampled
             user_out = model.user_tower(aligned if batch_users_only else None)
-        # The user tables hold the batch's distinct users only (row ``at`` of each pair):
-        # their history pools cost a fraction of every user's.
-        distinct, at = batch_user_rows(users)
-        # Sampled propagation: the item tables hold the step's items only (row pos_at ...)
-        items, pos_at, neg_at = None, pos, neg
-        if cfg.fanouts is not None:
-            items, pos_at, neg_at = model.batch_items(distinct, pos, neg)
         user_side = None if batch_users_only else user_out
         vectors = model._concat_vectors(item_out, user_side, distinct, items)
         ego = vectors.item_ego
@@ -164,6 +167,8 @@ class ConcatCombination:
             u_final = vectors.user_rows(at)
 
         def s_items(index: Tensor) -> Tensor:  # projected only where it is needed
+            if sampled:  # the tower's rows of these items (it encoded the step's only)
+                return model.align_item(model.item_tower(index).quantized)
             return model.align_item(rows(item_out.quantized, index))
 
         s_pos = s_items(pos[: len(aligned)])
@@ -177,6 +182,6 @@ class ConcatCombination:
             model.transition, batch, u_final, p_final, n_final
         )
         terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
-        ego_rows = [rows(model.user.weight, users), rows(ego, pos_at), rows(ego, neg_at)]
-        terms["reg_loss"] = l2_penalty(*ego_rows, *reg)
+        user_rows = rows(model.user.weight, users, cfg.sparse_updates)
+        terms["reg_loss"] = l2_penalty(user_rows, rows(ego, pos_at), rows(ego, neg_at), *reg)
         return BatchVectors(terms, e_u, e_p, s_u, s_pos, s_items)

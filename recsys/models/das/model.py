@@ -99,7 +99,8 @@ class DualAlignedSemanticIDs(Recommender):
             self.register_buffer("history_pool", None, persistent=False)
             self.register_buffer("history_keys", None, persistent=False)
             self._set_history_pool(history_pooling(graph, config.history_decay))
-        self.transition = transition_block(config, graph)  # concat only (validated)
+        # concat only (validated)
+        self.transition = transition_block(config, graph, sparse=config.sparse_updates)
         # concat: the collaborative item embedding holds the semantic ID's code embeddings
         self.item_code_emb = None
         if self.concat and config.code_embeddings:
@@ -152,6 +153,15 @@ class DualAlignedSemanticIDs(Recommender):
             ("i_users", i_users),
         ):
             self.register_buffer(name, t, persistent=False)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        if not self.config.sparse_updates:
+            return []
+        tables = [self.user.weight, self.item.weight]
+        if self.item_code_emb is not None:
+            tables.append(self.item_suffix_emb.weight)
+        block = [] if self.transition is None else list(self.transition.parameters())
+        return [*tables, *block]
 
     def on_train_epoch_start(self, epoch: int) -> None:
         freeze_at = self.config.freeze_sids_epoch
@@ -222,20 +232,30 @@ class DualAlignedSemanticIDs(Recommender):
         users' pooled collaborative history; the user tables hold the rows of ``users``
         (ascending distinct indices; None: every user), so that a training step pools
         only its batch's histories. With ``items`` (ascending, distinct, holding every
-        item of those users' histories) the item tables hold those rows only, propagated
-        over their sampled neighbourhood (``fanouts``)."""
-        ego = self._collaborative_item_ego(item_out)  # (I, D)
-        s_i = item_out.quantized
+        item of those users' histories) the item tables hold those rows only
+        (``item_out``: the item tower's output on them), propagated over their sampled
+        neighbourhood (``fanouts``), whose items alone are encoded."""
         if items is None:
+            ego, s_i = self._collaborative_item_ego(item_out), item_out.quantized  # (I, ·)
             c_u, c_i = self.propagation(self.user.weight, ego)
             if users is not None:
                 c_u = rows(c_u, users)
-        else:  # sampled propagation: the batch's rows only
+        else:  # sampled propagation: the step's rows only
             assert users is not None and self.config.fanouts is not None
+            sparse, suffixes = self.config.sparse_updates, self._item_suffixes()
+
+            def item_rows(index: Tensor) -> Tensor:
+                return self._item_ego_rows(index, self.item_tower(index).codes, suffixes)
+
             c_u, c_i = self.propagation.sampled(
-                self.user.weight, ego, users, items, self.config.fanouts
+                lambda index: rows(self.user.weight, index, sparse),
+                item_rows,
+                users,
+                items,
+                self.config.fanouts,
             )
-            ego, s_i = rows(ego, items), rows(s_i, items)
+            ego = self._item_ego_rows(items, item_out.codes, suffixes)
+            s_i = item_out.quantized
 
         def pooled(x: Tensor) -> Tensor:  # the users' history means of item rows x (I, d)
             if users is None:
@@ -254,6 +274,27 @@ class DualAlignedSemanticIDs(Recommender):
         else:  # item side only: no user semantic vector to pair with s_i
             s_u, s_i = c_u.new_zeros(len(c_u), 0), c_i.new_zeros(len(c_i), 0)
         return ConcatVectors(c_u, gamma * s_u, c_i, s_i, ego, c_hist)
+
+    def _item_suffixes(self) -> Tensor | None:
+        """``(I,)``: every item's disambiguating suffix (None without code embeddings)."""
+        if self.item_code_emb is None:
+            return None
+        tower = self.item_tower
+        return self._suffixes(tower.frozen_codes if bool(tower.frozen) else tower.codes())
+
+    def _item_ego_rows(self, items: Tensor, codes: Tensor, suffixes: Tensor | None) -> Tensor:
+        """Sampled steps: ``(n, D)``, the rows of :meth:`_collaborative_item_ego` for
+        ``items (n,)`` with semantic codes ``codes (n, L)`` and every item's ``suffixes``
+        (the tables read with sparse gradients under ``sparse_updates``)."""
+        sparse = self.config.sparse_updates
+        ego = rows(self.item.weight, items, sparse) * self.warm[items, None]
+        if self.item_code_emb is not None:
+            assert suffixes is not None
+            for level, emb in enumerate(self.item_code_emb):
+                ego = ego + emb(codes[:, level])
+            suffix = rows(self.item_suffix_emb.weight, suffixes[items], sparse)
+            ego = ego + suffix * self.warm_items[items, None]
+        return ego
 
     def batch_items(
         self, users: Tensor, pos: Tensor, neg: Tensor
