@@ -19,7 +19,8 @@ power-law popularity and activity, content that follows the interactions):
   items) and reports users/s and peak RSS, then serves the run (``recsys serve``, one
   worker) and loads it with ``bench/load_api.py`` at 32 concurrent clients: p99 ms;
 * with ``--ddp SIZE``: training samples/s of the sampled LightGCN with ``devices: 2``
-  (ddp_spawn, one thread each) against ``devices: 1`` (``bench/ddp_speed.py``).
+  (ddp_spawn, one thread each) against ``devices: 1`` (``bench/ddp_speed.py``), with dense
+  updates (``sparse_updates`` is one process only).
 
 Prints one JSON object; ``--table`` turns it into Markdown.
 """
@@ -193,20 +194,20 @@ def api_p99(run: Path, index: str, args, env: dict[str, str]) -> dict:
                             "--concurrency", "32", "--k", str(args.k)], env,
         )  # fmt: skip
         level = load["levels"][0]
-        return {
-            key: level.get(key)
-            for key in ("requests", "errors", "requests_per_second", "p50_ms", "p99_ms")
-        }
+        return {key: level.get(key) for key in ("requests", "errors", "rps", "p50_ms", "p99_ms")}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
 
 
 def ddp(config: Path, args, env: dict[str, str]) -> list[dict]:
+    """Training pairs/s in one process and in two (dense updates: sparse ones are one
+    process only)."""
     return script_json(
         "ddp_speed.py", ["--config", str(config), "--devices", "1,2", "--epochs",
-                         str(args.ddp_epochs), f"eval.max_users={args.eval_users}"], env,
-    )  # fmt: skip
+                         str(args.ddp_epochs), f"eval.max_users={args.eval_users}",
+                         "model.sparse_updates=false"], env,
+    )["runs"]  # fmt: skip
 
 
 def script_json(name: str, arguments: list[str], env: dict[str, str]):
@@ -281,20 +282,21 @@ def main() -> None:
 def markdown(result: dict) -> str:
     lines = [
         "| items | users | interactions | model | s / epoch | valid s | embeddings s |"
-        " peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|",
+        " peak RSS GB | valid N@10 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for size in result["sizes"]:
         for name, r in size["train"].items():
             model = name.removeprefix("scale-").rsplit("-", 1)[0]
             if "error" in r:
-                cells = [r["error"], "", "", ""]
+                cells = [r["error"], "", "", "", ""]
             else:
                 cells = [
                     f"{r['seconds_per_epoch']:.1f}",
                     f"{sum(r['valid_seconds']):.1f}",
                     f"{r['embedding_seconds'] or 0:.1f}",
                     f"{r['peak_rss_mb'] / 1024:.2f}",
+                    f"{r['valid_ndcg@10']:.4f}",
                 ]
             lines.append(
                 f"| {size['items']:,} | {size['users']:,} | {size['interactions']:,} "
@@ -303,8 +305,8 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         "| items | index | build s | build peak RSS GB | export users/s |"
-        " export peak RSS GB | verified | API p99 ms (32 clients) |",
-        "|---|---|---|---|---|---|---|---|",
+        " export peak RSS GB | verified | API p99 ms (32 clients) | API requests/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for size in result["sizes"]:
         s = size.get("serving")
@@ -314,8 +316,15 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {size['items']:,} | {s['index_kind']} | {idx['seconds']} | "
             f"{idx['peak_rss_mb'] / 1024:.2f} | {exp.get('users_per_second')} | "
-            f"{exp['peak_rss_mb'] / 1024:.2f} | {exp.get('verified')} | {api.get('p99_ms')} |"
+            f"{exp['peak_rss_mb'] / 1024:.2f} | {exp.get('verified')} | {api.get('p99_ms')} | "
+            f"{api.get('rps')} |"
         )
+    for size in result["sizes"]:
+        for r in size.get("ddp", []):
+            lines.append(
+                f"\nDDP, {size['items']:,} items: devices {r['devices']}: "
+                f"{r['samples_per_second']:,} training pairs/s ({r.get('speedup')}×)"
+            )
     return "\n".join(lines)
 
 

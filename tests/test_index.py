@@ -99,6 +99,33 @@ def test_exclusion_overfetches_and_never_returns_excluded(data):
     assert np.isneginf(scores[0, 3:]).all()
 
 
+def test_a_heavy_user_does_not_deepen_the_search_of_the_rest_of_the_batch(data, monkeypatch):
+    """Rows are searched in groups of their own depth (k + |exclude| + 1 within a power of
+    two): the light rows' FAISS calls fetch for their own depth, not the heavy row's, and
+    the heavy row gets the list it gets searched alone."""
+    items, queries = data
+    index = ItemIndex.build(items, IndexConfig(kind="hnsw", ef_search=16, mips_to_l2=False))
+    rng = np.random.default_rng(2)
+    # row 3 fetches 10 + 12 + 1 deep (still under the exact-search depth, 5% of 600)
+    exclude = [rng.choice(600, size=12 if r == 3 else r % 4, replace=False) for r in range(40)]
+    fetched = []
+    search = type(index.search_index).search
+
+    def spy(self, x, k, *args, **kwargs):
+        fetched.append((len(x), k))
+        return search(self, x, k, *args, **kwargs)
+
+    monkeypatch.setattr(type(index.search_index), "search", spy)
+    ids, scores = index.search(queries, 10, exclude=exclude)
+    assert sorted(n for n, _ in fetched) == [1, 39]  # the heavy row apart from the others
+    assert max(k for n, k in fetched if n == 39) <= 2 * (10 + 3 + 1)  # their own depth
+    alone, alone_scores = index.search(queries[3:4], 10, exclude=[exclude[3]])
+    assert ids[3].tolist() == alone[0].tolist()
+    np.testing.assert_array_equal(scores[3], alone_scores[0])
+    for row, ex in enumerate(exclude):
+        assert not set(ids[row].tolist()) & set(ex.tolist())
+
+
 @pytest.mark.parametrize("kind,mips", [("ivf", False), ("ivf", True), ("ivfpq", True)])
 def test_ivf_with_every_list_probed_is_exact(data, kind, mips):
     """Probing all lists finds the exact top-k, also through the MIPS → L2 reduction

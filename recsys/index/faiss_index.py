@@ -51,7 +51,10 @@ added later get ``N, N+1, ...`` (also for HNSW, whose own ids could not be chose
 
 **Excluding seen items.** ``search`` over-fetches: it asks FAISS for ``fetch = k + max
 |exclude| + 1`` hits per query of the batch (times ``rerank_factor``), drops excluded ones
-and keeps the best ``k``. The unseen top-``k`` of a user who has seen ``n`` items lies
+and keeps the best ``k``; a batch is searched in groups of queries whose ``k + |exclude| +
+1`` lies within the same power of two, so that one heavy user does not deepen the search
+of a whole batch (a batch export of power-law users would otherwise search every user as
+deep as its heaviest). The unseen top-``k`` of a user who has seen ``n`` items lies
 about ``k + n`` deep in the unfiltered ranking, and an approximate index asked for that
 depth with the breadth calibrated for ``k`` finds little of it (a user with 1,700 seen items
 got 2 of the exact top-20). So the breadth grows with the depth asked: HNSW searches with
@@ -333,6 +336,13 @@ class ItemIndex:
             n_ex = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=b)
         ids = np.full((b, k), -1, dtype=np.int64)
         scores = np.full((b, k), -np.inf, dtype=np.float32)
+        depth_class = np.ceil(np.log2(k + n_ex + 1)).astype(np.int64)
+        if len(np.unique(depth_class)) > 1:  # each class over-fetches for its own depth
+            for c in np.unique(depth_class):
+                sel = np.flatnonzero(depth_class == c)
+                more = None if extra is None else [extra[r] for r in sel]
+                ids[sel], scores[sel] = self.search(q[sel], k, [exclude[r] for r in sel], more)
+            return ids, scores
         deep = k + n_ex + 1 > EXACT_DEPTH * self.ntotal
         if deep.any():  # exactly: cheaper than a beam that deep, and never misses
             rows = np.flatnonzero(deep)

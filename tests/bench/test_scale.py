@@ -67,6 +67,7 @@ def test_scale_bench_trains_indexes_exports_and_serves_a_tiny_catalogue(tmp_path
     assert serving["index_kind"] == "flat" and "error" not in serving["index"]
     assert serving["export"]["verified"] and serving["export"]["users_per_second"] > 0
     assert serving["api"]["errors"] == 0 and serving["api"]["p99_ms"] > 0
+    assert serving["api"]["rps"] > 0
     table = subprocess.run(
         [sys.executable, str(REPO / "bench" / "scale.py"), "--table", "-"],
         input=out.stdout, capture_output=True, text=True, check=True,
