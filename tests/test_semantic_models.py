@@ -347,6 +347,10 @@ def test_das_samples_its_steps_items_and_trains():
         assert last[term] < first[term], (term, first[term], last[term])
     with pytest.raises(ValueError, match="fanouts needs semantic_combination: concat"):
         small_das(fanouts=[2, 2])
+    ema = {**CONTENT_CONCAT, "freeze_sids_epoch": None}
+    ema["item_quantizer"] = {**ema["item_quantizer"], "codebook_update": "ema"}
+    with pytest.raises(ValueError, match="codebook_update: grad or freeze_sids_epoch: 0"):
+        small_das(**ema, fanouts=[2, 2])
 
 
 def test_das_leave_target_out_needs_a_pooled_history():

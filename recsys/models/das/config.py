@@ -181,6 +181,17 @@ class DASConfig(TransitionFields, FanoutFields):
         ):
             if on and self.semantic_combination != "concat":
                 raise ValueError(f"{name} needs semantic_combination: concat")
+        if (
+            self.fanouts is not None
+            and self.freeze_sids_epoch != 0
+            and self.item_quantizer.codebook_update == "ema"
+        ):
+            # a sampled step encodes its items in several calls: EMA codebooks would move
+            # once per call, on overlapping rows
+            raise ValueError(
+                "fanouts needs item_quantizer.codebook_update: grad or freeze_sids_epoch: 0"
+                " (a sampled step runs the item tower more than once)"
+            )
         pooled = self.user_semantic == "history" or self.user_history_weight > 0
         if self.history_leave_target_out and not (self.semantic_combination == "concat" and pooled):
             raise ValueError(
