@@ -50,6 +50,8 @@ def test_drawn_edges_exist_keep_small_neighbourhoods_and_draw_fanout_from_large_
     sample = NeighborSampler(adj).sample(seeds, [fanout, fanout])
     assert torch.equal(sample.nodes[: len(seeds)], seeds)  # seeds first, in their order
     assert len(sample.nodes.unique()) == len(sample.nodes)
+    # edges ordered by target, so that each hop's CSR adjacency is a prefix of them
+    assert bool((sample.target[1:] >= sample.target[:-1]).all())
     source, target = sample.nodes[sample.source], sample.nodes[sample.target]
     assert bool((dense[target, source] > 0).all())  # every drawn edge is in the graph
     for node in target.unique().tolist():

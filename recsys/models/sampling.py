@@ -103,57 +103,56 @@ class NeighborSampler:
     def sample(self, seeds: Tensor, fanouts: list[int]) -> SampledGraph:
         """``seeds (s,)``: distinct global ids; ``fanouts``: neighbours drawn per node, one
         entry per hop."""
+        device = seeds.device
         nodes, frontier = [seeds], seeds
-        self._slot[seeds] = torch.arange(len(seeds), device=seeds.device)
+        self._slot[seeds] = torch.arange(len(seeds), device=device)
         known = len(seeds)
         sources, targets, weights = [], [], []
         within, drawn = [known], [0]
         for fanout in fanouts:
+            # the frontier holds positions within[-2] .. known - 1, in order, and each
+            # target's edges come out together: the edges are ordered by target as drawn
+            first = within[-2] if len(within) > 1 else 0
             source, target, weight = self._draw(frontier, fanout)
-            sources.append(source)
-            targets.append(target)
-            weights.append(weight)
-            new = torch.unique(source[self._slot[source] < 0])  # reached for the first time
-            self._slot[new] = torch.arange(known, known + len(new), device=new.device)
+            at = self._slot[source]  # position in the sample, -1: reached for the first time
+            fresh = at < 0
+            # new nodes in id order (as PyG numbers them); `inverse` places every edge
+            new, inverse = torch.unique(source[fresh], return_inverse=True)
+            at[fresh] = known + inverse
+            self._slot[new] = torch.arange(known, known + len(new), device=device)
             known += len(new)
+            sources.append(at)
+            targets.append(first + target)
+            weights.append(weight)
             within.append(known)
             drawn.append(drawn[-1] + len(source))
             nodes.append(new)
             frontier = new
-        target = self._slot[torch.cat(targets)]
-        # by target (a hop's targets follow the earlier hops'): each hop's CSR is a prefix
-        target, order = torch.sort(target, stable=True)
+        sources_at, targets_at = torch.cat(sources), torch.cat(targets)
         sample = SampledGraph(
-            torch.cat(nodes),
-            self._slot[torch.cat(sources)][order],
-            target,
-            torch.cat(weights)[order],
-            within,
-            drawn,
+            torch.cat(nodes), sources_at, targets_at, torch.cat(weights), within, drawn
         )
         self._slot[sample.nodes] = -1
         return sample
 
     def _draw(self, targets: Tensor, fanout: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The sampled in-edges of ``targets (t,)``: global ``(source, target)`` ids and
-        weights."""
+        """The sampled in-edges of ``targets (t,)``, grouped by target in their order:
+        global source ids, the target's index in ``targets``, and weights."""
         start = self.crow[targets]
         degree = self.crow[targets + 1] - start
-        whole = degree <= fanout
-        # nodes with few neighbours: every edge, position start + 0..degree-1
-        count = degree[whole]
-        whole_at = expand_ranges(start[whole], count)
-        whole_target = torch.repeat_interleave(targets[whole], count)
-        # the others: `fanout` uniform draws each, weighted degree / fanout
-        many = ~whole
+        many = degree > fanout
+        # a node with few neighbours keeps every edge, one with many draws `fanout`
+        count = torch.where(many, fanout, degree)
+        target = torch.repeat_interleave(torch.arange(len(targets), device=targets.device), count)
+        # position start + 0..degree-1 for the edges kept whole, drawn ones replaced below
+        at = expand_ranges(start, count)
+        drawn_edge = many[target]
         n_many = int(many.sum())
+        # `fanout` uniform draws each, weighted degree / fanout
         draws = torch.rand(n_many, fanout, device=targets.device) * degree[many, None]
-        drawn_at = (start[many, None] + draws.long()).flatten()
-        drawn_target = targets[many].repeat_interleave(fanout)
-        scale = (degree[many].to(self.values.dtype) / fanout).repeat_interleave(fanout)
-        at = torch.cat([whole_at, drawn_at])
-        weight = self.values[at] * torch.cat([torch.ones_like(whole_at, dtype=scale.dtype), scale])
-        return self.col[at], torch.cat([whole_target, drawn_target]), weight
+        at[drawn_edge] = (start[many, None] + draws.long()).flatten()
+        scale = torch.where(many, degree.to(self.values.dtype) / fanout, 1.0)
+        return self.col[at], target, self.values[at] * scale[target]
 
 
 def expand_ranges(start: Tensor, count: Tensor) -> Tensor:
