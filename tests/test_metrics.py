@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from recsys.eval import ranking
 from recsys.eval.metrics import first_hit_rank, metrics_from_hits, reciprocal_rank
 from recsys.eval.ranking import evaluate, iter_topk, per_user_metrics
 
@@ -291,6 +292,29 @@ def test_batch_size_invariance():
     lists_a = [x[1] for x in iter_topk(fn, np.arange(50), 10, csr(excl, n_items), batch_size=7)]
     lists_b = [x[1] for x in iter_topk(fn, np.arange(50), 10, csr(excl, n_items))]
     assert torch.equal(torch.cat(lists_a), torch.cat(lists_b))
+
+
+def test_evaluation_chunks_hold_at_most_max_chunk_scores(monkeypatch):
+    """A big catalogue is ranked in fewer users a chunk (the score matrix stays bounded),
+    to the same metrics."""
+    s, truth, excl = random_case(4, ties=True)
+    n_items = s.shape[1]
+    scores = torch.from_numpy(s)
+    seen: list[int] = []
+
+    def fn(users: torch.Tensor) -> torch.Tensor:
+        seen.append(len(users))
+        return scores[users]
+
+    whole = evaluate(fn, csr(truth, n_items), csr(excl, n_items), batch_size=1000)
+    assert max(seen) > 3
+    monkeypatch.setattr(ranking, "MAX_CHUNK_SCORES", 3 * n_items + n_items // 2)
+    seen.clear()
+    bounded = evaluate(fn, csr(truth, n_items), csr(excl, n_items), batch_size=1000)
+    assert max(seen) == 3 and sum(seen) == whole["n_users"]
+    assert bounded.keys() == whole.keys()
+    for key in whole:  # sums taken over other chunks: equal up to rounding
+        assert bounded[key] == pytest.approx(whole[key], rel=1e-12, abs=1e-12), key
 
 
 def test_topk_matches_stable_sort_on_tie_heavy_scores():

@@ -36,6 +36,9 @@ ScoreFn = Callable[[torch.LongTensor], torch.Tensor]
 """Given user indices ``(B,)``, return scores over the full catalogue ``(B, n_items)``."""
 
 NEG_INF = float("-inf")
+# scores a chunk holds at most: its users shrink as the catalogue grows (a 1,024-user chunk
+# of a 1M-item catalogue would be 4 GB of float32 scores, and its masked copy 4 GB more)
+MAX_CHUNK_SCORES = 2**27
 
 
 def _as_csr(m, name: str) -> sp.csr_matrix:
@@ -290,8 +293,9 @@ def evaluate(
         exclude: ``(n_users, n_items)`` items masked per user (train, plus valid for test).
         ks: cut-offs.
         candidates: sorted unique item indices ranked among (``cold-10``: the cold items).
-        batch_size: users per chunk; the score matrix is never materialised beyond
-            ``batch_size x n_items``.
+        batch_size: users per chunk (fewer where ``batch_size x n_items`` would pass
+            :data:`MAX_CHUNK_SCORES`); the score matrix is never materialised beyond one
+            chunk.
         progress: show a tqdm progress bar.
         with_mrr: compute MRR, a second pass over every score (a third of the time with
             a cheap scorer); False leaves ``mrr`` out (training's validation, when it does
@@ -359,6 +363,8 @@ def _evaluate(
         cand_pos = np.full(n_items, -1, dtype=np.int64)
         cand_pos[cand] = np.arange(n_cand)
 
+    # metrics do not depend on the chunking: bound its memory on big catalogues
+    batch_size = max(1, min(batch_size, MAX_CHUNK_SCORES // max(n_items, 1)))
     batches = _iter_masked_scores(score_fn, users, exclude, cand, batch_size)
     if progress:
         from tqdm.auto import tqdm
