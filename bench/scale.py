@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -179,20 +180,26 @@ def api_p99(run: Path, index: str, args, env: dict[str, str]) -> dict:
     )
     try:
         deadline = time.time() + args.serve_timeout
-        while time.time() < deadline:
+        while time.time() < deadline:  # it listens at once and loads the run behind /readyz
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if server.poll() is not None:
-                    return {"error": f"serve exited {server.returncode}"}
-                time.sleep(1)
+                with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:  # refused, or 503 (HTTPError) while it loads
+                pass
+            if server.poll() is not None:
+                return {"error": f"serve exited {server.returncode}"}
+            time.sleep(1)
         else:
-            return {"error": "serve did not start"}
-        load = script_json(
-            "load_api.py", ["--run", str(run), "--url", url, "--seconds", str(args.api_seconds),
-                            "--concurrency", "32", "--k", str(args.k)], env,
-        )  # fmt: skip
+            return {"error": "serve was not ready"}
+        try:
+            load = script_json(
+                "load_api.py", ["--run", str(run), "--url", url, "--seconds",
+                                str(args.api_seconds), "--concurrency", "32", "--k", str(args.k)],
+                env,
+            )  # fmt: skip
+        except subprocess.CalledProcessError as failed:  # the sizes before keep their numbers
+            return {"error": f"load_api.py: {(failed.stderr or '').strip()[-300:]}"}
         level = load["levels"][0]
         return {key: level.get(key) for key in ("requests", "errors", "rps", "p50_ms", "p99_ms")}
     finally:
