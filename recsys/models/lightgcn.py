@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.models import LightGCN as PygLightGCN
 
 from recsys.models.base import Recommender, TrainingGraph, register_model, rows
+from recsys.models.fanouts import FanoutFields
 from recsys.models.graph import (
     SymmetricLGConv,
     fold_in_item_rows,
@@ -18,7 +19,7 @@ from recsys.models.graph import (
     normalized_adjacency,
 )
 from recsys.models.mf import PairwiseConfig, pairwise_loss
-from recsys.models.sampling import FanoutFields, sampled_readout
+from recsys.models.sampling import sampled_readout
 from recsys.models.transition import (
     TransitionFields,
     add_transition_segment,

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from recsys.config import StrictModel
+from recsys.models.fanouts import FanoutFields
 from recsys.models.fusion import FusionConfig
 from recsys.models.quantizer import QuantizerConfig
-from recsys.models.sampling import FanoutFields
 from recsys.models.transition import TransitionFields
 
 
