@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +49,7 @@ from speed import run_measured  # noqa: E402
 from synthetic import SyntheticSpec, content_columns, write  # noqa: E402
 
 from recsys.config import load_yaml  # noqa: E402
+from recsys.index.faiss_index import AUTO_EXACT_ITEMS  # noqa: E402  (serve's `--index auto` rule)
 
 CONFIGS = {  # (model, sampled) -> its default config
     ("lightgcn", True): "configs/lightgcn_sampled.yaml",
@@ -55,7 +57,6 @@ CONFIGS = {  # (model, sampled) -> its default config
     ("das", True): "configs/das_sampled.yaml",
     ("das", False): "configs/das.yaml",
 }
-FLAT_MAX = 50_000  # serve's own rule for `--index auto`
 
 
 def run_config(model: str, sampled: bool, data: Path, out: Path, args, name: str) -> Path:
@@ -127,7 +128,7 @@ def train(config: Path, env: dict[str, str]) -> dict:
 
 def serving(run: Path, n_items: int, args, env: dict[str, str]) -> dict:
     """Index build, export of every user and the API's p99 on one trained run."""
-    kind = "flat" if n_items <= FLAT_MAX else args.index_kind
+    kind = "flat" if n_items <= AUTO_EXACT_ITEMS else args.index_kind
     out: dict = {"index_kind": kind}
     out["index"] = measured(cli("index", str(run), "--kind", kind, "--threads", "1"), env)
     export_dir = run.parent / f"{run.name}-export"
@@ -145,7 +146,7 @@ def serving(run: Path, n_items: int, args, env: dict[str, str]) -> dict:
     )
     if kind != "flat":
         export += ["--index", kind]
-    subprocess.run(["rm", "-rf", str(export_dir)], check=True)
+    shutil.rmtree(export_dir, ignore_errors=True)
     out["export"] = measured(export, env)
     manifest = json.loads((run / "manifest.json").read_text())
     out["export"]["users_per_second"] = round(manifest["n_users"] / out["export"]["seconds"], 1)

@@ -74,28 +74,31 @@ class NeighborSampler:
         known = len(seeds)
         sources, targets, weights = [], [], []
         within, drawn = [known], [0]
+        first = 0  # the frontier holds positions first .. known - 1, in order
         for fanout in fanouts:
-            # the frontier holds positions within[-2] .. known - 1, in order, and each
-            # target's edges come out together: the edges are ordered by target as drawn
-            first = within[-2] if len(within) > 1 else 0
+            # each target's edges come out together: the edges are ordered by target as drawn
             source, target, weight = self._draw(frontier, fanout)
+            targets.append(first + target)
             at = self._slot[source]  # position in the sample, -1: reached for the first time
             fresh = at < 0
             # new nodes in id order (as PyG numbers them); `inverse` places every edge
             new, inverse = torch.unique(source[fresh], return_inverse=True)
             at[fresh] = known + inverse
             self._slot[new] = torch.arange(known, known + len(new), device=device)
-            known += len(new)
+            first, known = known, known + len(new)
             sources.append(at)
-            targets.append(first + target)
             weights.append(weight)
             within.append(known)
             drawn.append(drawn[-1] + len(source))
             nodes.append(new)
             frontier = new
-        sources_at, targets_at = torch.cat(sources), torch.cat(targets)
         sample = SampledGraph(
-            torch.cat(nodes), sources_at, targets_at, torch.cat(weights), within, drawn
+            torch.cat(nodes),
+            torch.cat(sources),
+            torch.cat(targets),
+            torch.cat(weights),
+            within,
+            drawn,
         )
         self._slot[sample.nodes] = -1
         return sample
