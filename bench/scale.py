@@ -18,9 +18,10 @@ power-law popularity and activity, content that follows the interactions):
   every user (``recsys export --split all --partitioned``, through that index above 50k
   items) and reports users/s and peak RSS, then serves the run (``recsys serve``, one
   worker) and loads it with ``bench/load_api.py`` at 32 concurrent clients: p99 ms;
-* with ``--ddp SIZE``: training samples/s of the sampled LightGCN with ``devices: 2``
-  (ddp_spawn, one thread each) against ``devices: 1`` (``bench/ddp_speed.py``), with dense
-  updates (``sparse_updates`` is one process only).
+* with ``--ddp SIZE``: training samples/s of each sampled model with ``devices: 2``
+  (ddp_spawn, one thread each) against ``devices: 1`` (``bench/ddp_speed.py``,
+  ``--ddp-rounds`` interleaved rounds of ``--ddp-epochs``), with dense updates
+  (``sparse_updates`` is one process only).
 
 Prints one JSON object; ``--table`` turns it into Markdown.
 """
@@ -208,14 +209,16 @@ def api_p99(run: Path, index: str, args, env: dict[str, str]) -> dict:
         server.wait(timeout=60)
 
 
-def ddp(config: Path, args, env: dict[str, str]) -> list[dict]:
-    """Training pairs/s in one process and in two (dense updates: sparse ones are one
-    process only)."""
-    return script_json(
+def ddp(config: Path, args, env: dict[str, str]) -> dict:
+    """Training pairs/s in one process and in two, ``--ddp-rounds`` interleaved rounds
+    (dense updates: sparse ones are one process only)."""
+    result = script_json(
         "ddp_speed.py", ["--config", str(config), "--devices", "1,2", "--epochs",
-                         str(args.ddp_epochs), f"eval.max_users={args.eval_users}",
-                         "model.sparse_updates=false"], env,
-    )["runs"]  # fmt: skip
+                         str(args.ddp_epochs), "--repeat", str(args.ddp_rounds),
+                         f"eval.max_users={args.eval_users}", "model.sparse_updates=false",
+                         f"trainer.check_val_every_n_epoch={args.ddp_epochs}"], env,
+    )  # fmt: skip
+    return {key: result[key] for key in ("median_speedup", "runs")}
 
 
 def script_json(name: str, arguments: list[str], env: dict[str, str]):
@@ -242,8 +245,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--api-seconds", type=float, default=10.0)
     parser.add_argument("--serve-timeout", type=float, default=900.0)
-    parser.add_argument("--ddp", type=int, help="the size whose sampled LightGCN runs DDP")
-    parser.add_argument("--ddp-epochs", type=int, default=3)
+    parser.add_argument("--ddp", type=int, help="the size whose sampled models run DDP")
+    parser.add_argument("--ddp-epochs", type=int, default=10)
+    parser.add_argument("--ddp-rounds", type=int, default=3)
     parser.add_argument("--no-serving", action="store_true")
     parser.add_argument("--table", help="print the Markdown table of a result (-: stdin)")
     args = parser.parse_args()
@@ -281,8 +285,10 @@ def main() -> None:
             size["serving"] = serving(Path(served["run"]), n, args, env)
             print(json.dumps({"serving": size["serving"]}), file=sys.stderr)
         if args.ddp == n:
-            config = args.out / "configs" / f"scale-lightgcn-sampled-{n}.yaml"
-            size["ddp"] = ddp(config, args, env)
+            size["ddp"] = {
+                model: ddp(args.out / "configs" / f"scale-{model}-sampled-{n}.yaml", args, env)
+                for model in args.models.split(",")
+            }
         sizes.append(size)
     print(json.dumps({"sizes": sizes}, indent=1))
 
@@ -328,11 +334,12 @@ def markdown(result: dict) -> str:
             f"{api.get('rps')} |"
         )
     for size in result["sizes"]:
-        for r in size.get("ddp", []):
-            lines.append(
-                f"\nDDP, {size['items']:,} items: devices {r['devices']}: "
-                f"{r['samples_per_second']:,} training pairs/s ({r.get('speedup')}×)"
-            )
+        for model, d in size.get("ddp", {}).items():
+            lines.append(f"\nDDP, {model}-sampled, {size['items']:,} items (pairs/s per round):")
+            for devices, speedup in d["median_speedup"].items():
+                runs = [r for r in d["runs"] if r["devices"] == int(devices)]
+                rates = ", ".join(f"{r['samples_per_second']:,}" for r in runs)
+                lines.append(f"devices {devices}: {rates}; median speed-up {speedup}×")
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from recsys.artifacts import RunFolder
 from recsys.train.config import parse_run_config
-from recsys.train.distributed import shard_batches
+from recsys.train.distributed import lightning_strategy, shard_batches
 from recsys.train.runner import train_run
 
 
@@ -31,13 +31,21 @@ def test_every_batch_is_trained_and_every_process_takes_the_same_number_of_steps
     assert shard_batches(5, 0, 2) == [0, 2, 4] and shard_batches(5, 1, 2) == [1, 3, 0]
 
 
+def test_ddp_strategies_keep_gradients_in_their_buckets_and_others_pass_through():
+    strategy = lightning_strategy("ddp_spawn_find_unused_parameters_true")
+    assert strategy._start_method == "spawn"
+    assert strategy._ddp_kwargs == {"find_unused_parameters": True, "gradient_as_bucket_view": True}
+    assert lightning_strategy("auto") == "auto"
+
+
 def raw_config(tmp_path: Path, table: Path, name: str, devices: int, batch: int, epochs: int):
     return {
         "name": name,
         "seed": 7,
         "output_dir": str(tmp_path / "runs"),
         "data": {"dataset": "table", "interactions": {"path": str(table)}, "split": "loo"},
-        "model": {"kind": "lightgcn", "dim": 16, "layers": 2},
+        # the transition block's pair tables: buffers DDP leaves out of its broadcast
+        "model": {"kind": "lightgcn", "dim": 16, "layers": 2, "transition_dim": 8},
         "trainer": {
             "max_epochs": epochs, "patience": 20, "lr": 0.01, "progress_bar": False,
             "accelerator": "cpu", "devices": devices, "num_threads": 1,

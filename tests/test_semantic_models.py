@@ -693,3 +693,32 @@ def test_das_popularity_in_training_adds_the_prior_to_the_trained_scores():
     assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
     with pytest.raises(ValueError, match="popularity_in_training"):
         small_das(popularity_weight=lam, popularity_in_training=True)
+
+
+def test_ddp_broadcasts_the_buffers_training_changes_and_not_those_built_from_the_data():
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from recsys.train.distributed import skip_constant_buffers
+
+    graph, _ = synthetic_content_graph()
+    ema = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "codebook_update": "ema"}
+    config = small_das(transition_dim=8, semantic_combination="concat", item_quantizer=ema)
+    model = build_model(config, graph)
+    skip_constant_buffers(model)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29561", rank=0, world_size=1)
+    try:
+        broadcast = set(DistributedDataParallel(model).named_module_buffers)
+    finally:
+        dist.destroy_process_group()
+    changed_by_training = {
+        f"{tower}.{name}"
+        for tower in ("item_tower", "user_tower")
+        for name in ("frozen", "frozen_books", "frozen_codes", "quantizer.codebooks",
+                     "quantizer.ema_count", "quantizer.ema_sum", "quantizer.initialized",
+                     "quantizer.unused_steps")
+    }  # fmt: skip
+    assert changed_by_training <= broadcast
+    # built from the data with the model: graph tables, transition histories, content rows
+    assert not {"u_ptr", "i_users", "transition.pair_keys", "item_tower.x0"} & broadcast
+    assert broadcast - changed_by_training == {"item_pop", "user_pop", "warm", "warm_items"}

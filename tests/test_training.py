@@ -522,3 +522,30 @@ def test_eval_max_users_ranks_a_sample_of_the_users(tmp_path, tiny_table):
     metrics = run.metrics()
     assert metrics["valid"]["n_users"] == metrics["test"]["n_users"] == 5
     assert evaluate_run(run)["n_users"] > 5  # every user, from the same embeddings
+
+
+def test_no_optimiser_outlives_training_into_the_embeddings_and_evaluation(
+    tmp_path, tiny_table, monkeypatch
+):
+    """Lightning's trainer, module and optimiser hold each other: without a collection
+    Adam's moments (twice the model) stay in memory through the final embeddings and the
+    evaluation, where a big catalogue peaks."""
+    import gc
+
+    import recsys.train.runner as runner
+
+    alive = []
+    original = runner.frozen_embeddings
+
+    def counting(model):
+        alive.append(sum(isinstance(o, torch.optim.Optimizer) for o in gc.get_objects()))
+        return original(model)
+
+    monkeypatch.setattr(runner, "frozen_embeddings", counting)
+    gc.disable()  # no automatic collection to hide a leak
+    try:
+        config = _refit_config(tmp_path, tiny_table, "freed")
+        train_run(config)
+    finally:
+        gc.enable()
+    assert alive == [0, 0]  # before valid's embeddings, and after the refit before test's

@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from torch.nn.parallel import DistributedDataParallel
 
 from recsys.io import atomic_path, atomic_write_text
 from recsys.train.clock import EpochClock
@@ -33,6 +35,31 @@ class ThreadCount(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
+
+
+def skip_constant_buffers(module: torch.nn.Module) -> None:
+    """Leave out of DDP's broadcast the buffers training never changes. DDP copies every
+    buffer from the first process to the others before every step, so that state changed in
+    place (EMA codebooks, dead-code counters, frozen IDs) stays the same everywhere; the
+    buffers built with the model from the data are the same in every process already, and
+    some are large: those left out of checkpoints (neighbour tables, transition histories)
+    and a module's ``input_buffers`` (content rows, items × feature width)."""
+    constant = [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        for name in [*sub._non_persistent_buffers_set, *getattr(sub, "input_buffers", ())]
+        if getattr(sub, name, None) is not None
+    ]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, constant)
+
+
+def lightning_strategy(name: str) -> str | DDPStrategy:
+    """Lightning's strategy called ``name``; a DDP one with the gradients stored in their
+    all-reduce buckets (``gradient_as_bucket_view``: no second copy of every gradient,
+    which the embedding tables make as large as the model)."""
+    if name not in StrategyRegistry or StrategyRegistry[name]["strategy"] is not DDPStrategy:
+        return name
+    return DDPStrategy(**StrategyRegistry[name]["init_params"], gradient_as_bucket_view=True)
 
 
 def shard_batches(n_batches: int, rank: int, world: int) -> list[int]:

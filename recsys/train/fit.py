@@ -26,7 +26,12 @@ from recsys.models.base import Recommender
 from recsys.train.clock import EpochClock
 from recsys.train.config import RunConfig
 from recsys.train.datamodule import InteractionDataModule
-from recsys.train.distributed import AtomicCheckpointIO, FitFacts, ThreadCount
+from recsys.train.distributed import (
+    AtomicCheckpointIO,
+    FitFacts,
+    ThreadCount,
+    lightning_strategy,
+)
 from recsys.train.ema import ParameterEMA
 from recsys.train.module import RecommenderModule
 from recsys.train.rng import GlobalRandomState
@@ -63,7 +68,7 @@ def lightning_trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
         num_nodes=tc.num_nodes,
-        strategy=tc.strategy,
+        strategy=lightning_strategy(tc.strategy),
         deterministic=tc.deterministic,
         callbacks=callbacks,
         logger=CSVLogger(run.root, name="logs", version=log_version),

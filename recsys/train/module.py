@@ -9,6 +9,7 @@ import torch
 
 from recsys.eval.ranking import evaluate
 from recsys.models.base import Recommender, dot_scores
+from recsys.train.distributed import skip_constant_buffers
 from recsys.train.ema import ParameterEMA
 from recsys.train.optim import adam_for
 
@@ -33,6 +34,7 @@ class RecommenderModule(L.LightningModule):
         self.valid_truth, self.valid_exclude = valid_truth, valid_exclude
         self.candidates = candidates
         self.ks, self.eval_batch_size = ks, eval_batch_size
+        skip_constant_buffers(self)  # several processes: copy only what training changes
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses = self.model.loss(batch)

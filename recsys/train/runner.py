@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -372,6 +373,9 @@ def _train_into_folder(
     elif model.trainable:
         training = fit(model, dataset, config, run, resume, callbacks)
         atomic_write_text(selected, json.dumps(training))
+        # Lightning's trainer, module and optimiser hold each other, so Adam's moments (twice
+        # the model) would outlive fit() until a full collection: freed before the embeddings
+        gc.collect()
     start = time.perf_counter()
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
     training["embedding_seconds"] = round(time.perf_counter() - start, 3)
@@ -384,6 +388,7 @@ def _train_into_folder(
         model, training["refit"] = refit(
             config, run, graph, known_users, known_items, training["best_epoch"]
         )
+        gc.collect()  # the refit's trainer and optimiser, as above
     if model.use_history(known_users, known_items) or refitted:
         user, item = frozen_embeddings(model)
         user_for_valid = valid_user.numpy()

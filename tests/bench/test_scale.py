@@ -75,6 +75,18 @@ def test_scale_bench_trains_indexes_exports_and_serves_a_tiny_catalogue(tmp_path
     assert "| 300 | 300 |" in table and "lightgcn-sampled" in table
 
 
+def test_ddp_speedups_are_per_round_and_summarised_by_their_median():
+    ddp_speed, scale = load("ddp_speed"), load("scale")
+    rates = [(0, 1, 100.0), (0, 2, 150.0), (1, 1, 80.0), (1, 2, 140.0), (2, 1, 100.0),
+             (2, 2, 120.0)]  # fmt: skip
+    runs = [{"round": r, "devices": d, "samples_per_second": s} for r, d, s in rates]
+    assert ddp_speed.speedups(runs, [1, 2]) == {1: 1.0, 2: 1.5}  # of 1.5, 1.75, 1.2
+    assert [r["speedup"] for r in runs] == [1.0, 1.5, 1.0, 1.75, 1.0, 1.2]
+    ddp = {"lightgcn": {"median_speedup": {"1": 1.0, "2": 1.5}, "runs": runs}}
+    table = scale.markdown({"sizes": [{"items": 10, "train": {}, "ddp": ddp}]})
+    assert "devices 2: 150.0, 140.0, 120.0; median speed-up 1.5×" in table
+
+
 @pytest.mark.parametrize("bad", ["0", "x"])
 def test_scale_bench_refuses_a_bad_size(bad, tmp_path):
     out = subprocess.run(

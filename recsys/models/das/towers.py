@@ -155,6 +155,10 @@ class InputTower(SemanticTower):
         return self.from_codes(self.frozen_codes if rows is None else self.frozen_codes[rows])
 
     def _store_inputs(self, blocks) -> None:
+        # content rows, never changed by training: multi-process training need not copy
+        # them between processes (recsys.train.distributed.skip_constant_buffers)
+        stored = {f"{x}{i}" for i, name in enumerate(self.names) if name in blocks for x in "xp"}
+        self.input_buffers = sorted({*getattr(self, "input_buffers", ()), *stored})
         for i, name in enumerate(self.names):
             if name in blocks:
                 x, present = blocks[name]
