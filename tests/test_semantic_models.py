@@ -695,7 +695,9 @@ def test_das_popularity_in_training_adds_the_prior_to_the_trained_scores():
         small_das(popularity_weight=lam, popularity_in_training=True)
 
 
-def test_ddp_broadcasts_the_buffers_training_changes_and_not_those_built_from_the_data():
+def test_ddp_broadcasts_the_buffers_training_changes_and_not_those_built_from_the_data(
+    tmp_path,
+):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -706,7 +708,8 @@ def test_ddp_broadcasts_the_buffers_training_changes_and_not_those_built_from_th
     config = small_das(transition_dim=8, semantic_combination="concat", item_quantizer=ema)
     model = build_model(config, graph)
     skip_constant_buffers(model)
-    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29561", rank=0, world_size=1)
+    store = f"file://{tmp_path / 'store'}"  # no port to collide with
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
     try:
         broadcast = set(DistributedDataParallel(model).named_module_buffers)
     finally:

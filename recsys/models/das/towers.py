@@ -133,6 +133,9 @@ class InputTower(SemanticTower):
         super().__init__(dims, fusion, quantizer, out_dim, code_embeddings)
         self.names = list(blocks)
         self._store_inputs(blocks)
+        # content rows, never changed by training: multi-process training need not copy
+        # them between processes (recsys.train.distributed.skip_constant_buffers)
+        self.input_buffers = [f"{x}{i}" for i in range(len(self.names)) for x in "xp"]
         # k-means initialisation on every row (not just a first batch), so that the codes
         # are defined from the start, including for evaluation before any training step.
         self.quantizer.init_codebooks(self._fused_all())
@@ -155,10 +158,6 @@ class InputTower(SemanticTower):
         return self.from_codes(self.frozen_codes if rows is None else self.frozen_codes[rows])
 
     def _store_inputs(self, blocks) -> None:
-        # content rows, never changed by training: multi-process training need not copy
-        # them between processes (recsys.train.distributed.skip_constant_buffers)
-        stored = {f"{x}{i}" for i, name in enumerate(self.names) if name in blocks for x in "xp"}
-        self.input_buffers = sorted({*getattr(self, "input_buffers", ()), *stored})
         for i, name in enumerate(self.names):
             if name in blocks:
                 x, present = blocks[name]
