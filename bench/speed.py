@@ -12,6 +12,11 @@ process. Prints JSON per model: seconds per training epoch (the median of the ep
 the first), each evaluation's seconds (separate from training), seconds from the start of
 training to the end of the first evaluation, peak RSS, and the ratio of the epoch time to
 RecBole's LightGCN. Without ``--peer-python`` only this project's models run.
+
+``--repeat N`` runs the whole list N times, interleaved (round 1: every model, then round 2
+...), so that a slow spell of a shared or virtual machine falls on every model alike: each
+model's ``seconds_per_epoch`` is then the median over rounds, its ratio the median of the
+per-round ratios (``round_ratios``), each round's own numbers under ``rounds``.
 """
 
 from __future__ import annotations
@@ -144,6 +149,33 @@ def peer(name: str, args, split_dir: Path, env: dict[str, str]) -> dict:
     }
 
 
+def combine_rounds(rounds: list[list[dict]], base: str = "recbole-lightgcn") -> list[dict]:
+    """Per-round results (each a list of per-model results, the same models in the same
+    order) → one result per model: the first round's fields, ``seconds_per_epoch`` the
+    median over the rounds, ``round_ratios`` each round's epoch time over ``base``'s in
+    the same round and ``epoch_ratio_to_recbole_lightgcn`` their median."""
+    combined = []
+    for at, first in enumerate(rounds[0]):
+        mine = [r[at] for r in rounds]
+        result = dict(first)
+        epochs = [r["seconds_per_epoch"] for r in mine if r.get("seconds_per_epoch")]
+        if epochs:
+            result["seconds_per_epoch"] = round(statistics.median(epochs), 3)
+        ratios = []
+        for r, this in zip(rounds, mine, strict=True):
+            ref = next((x for x in r if x["model"] == base and x.get("seconds_per_epoch")), None)
+            if ref and this.get("seconds_per_epoch"):
+                ratios.append(round(this["seconds_per_epoch"] / ref["seconds_per_epoch"], 3))
+        if ratios:
+            result["epoch_ratio_to_recbole_lightgcn"] = round(statistics.median(ratios), 3)
+            if len(rounds) > 1:
+                result["round_ratios"] = ratios
+        if len(rounds) > 1:
+            result["rounds"] = mine
+        combined.append(result)
+    return combined
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="amazon-beauty")
@@ -154,6 +186,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--peer-python", help="the RecBole venv's python (bench/peers/README.md)")
     parser.add_argument("--models", default=",".join([*PEERS, *OURS]))
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds (median)")
     args = parser.parse_args()
     names = args.models.split(",")
     unknown = [n for n in names if n not in OURS and n not in PEERS]
@@ -162,17 +195,22 @@ def main() -> None:
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "OPENBLAS_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    results = []
+    if not args.peer_python:
+        names = [n for n in names if n not in PEERS]
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="recsys-speed-") as tmp:
         tmp_path = Path(tmp)
         split_info = write_split(args.dataset, args.split, tmp_path)
-        for name in names:
-            if name in PEERS:
-                if args.peer_python:
+        for _ in range(args.repeat):
+            results = []
+            for name in names:
+                if name in PEERS:
                     results.append(peer(name, args, tmp_path, env))
-            else:
-                results.append(ours(name, args, tmp_path / "runs", env))
-            print(json.dumps(results[-1]) if results else "", file=sys.stderr)
+                else:
+                    results.append(ours(name, args, tmp_path / "runs", env))
+                print(json.dumps(results[-1]), file=sys.stderr)
+            rounds.append(results)
+    results = combine_rounds(rounds)
     from recsys.train.stopping import validation_interval
 
     # trainer.check_val_every_n_epoch: auto on this data (the runs above validate every
@@ -181,12 +219,7 @@ def main() -> None:
         "auto", split_info["n_valid_users"], split_info["n_items"], split_info["n_train"],
         10**6,
     )  # fmt: skip
-    base = next((r for r in results if r["model"] == "recbole-lightgcn" and "error" not in r), None)
     for r in results:
-        if base and r.get("seconds_per_epoch") and base.get("seconds_per_epoch"):
-            r["epoch_ratio_to_recbole_lightgcn"] = round(
-                r["seconds_per_epoch"] / base["seconds_per_epoch"], 3
-            )
         if r.get("seconds_per_epoch") and r.get("eval_seconds"):
             r["eval_share_of_epoch"] = round(
                 statistics.median(r["eval_seconds"]) / r["seconds_per_epoch"], 3
@@ -196,7 +229,7 @@ def main() -> None:
     print(json.dumps({
         "dataset": args.dataset, "split": args.split, **split_info, "epochs": args.epochs,
         "threads": args.threads, "batch_size": args.batch_size, "dim": args.dim,
-        "auto_validation_interval": interval,
+        "repeat": args.repeat, "auto_validation_interval": interval,
         "machine": {"cores": os.cpu_count()}, "models": results,
     }, indent=2))  # fmt: skip
 

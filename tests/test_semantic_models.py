@@ -186,7 +186,6 @@ def test_das_ablation_switches():
     assert np.isfinite(history["loss"]).all()
 
 
-
 def test_das_leave_target_out_pools_the_history_without_the_pair_item():
     graph, _ = synthetic_content_graph()
     # user 0 keeps one item only: leaving it out empties their history
@@ -466,6 +465,39 @@ def test_das_frozen_ids_stop_moving_and_survive_reload(tmp_path):
     model.eval(), clone.eval()
     for a, b in zip(model.embeddings(), clone.embeddings(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("update", ["ema", "grad"])
+def test_frozen_tower_codeword_sums_are_cached_only_while_nothing_moves(update):
+    """Once frozen, EMA codebooks stop moving, so the item tower decodes its codes once
+    and reuses the sums (bitwise the fresh decode); a codebook or code change is noticed;
+    codebooks that train by gradient are decoded at every step (they need the graph)."""
+    graph, _ = synthetic_content_graph()
+    quant = {"levels": 2, "codebook_size": 4, "dead_code_steps": 0, "codebook_update": update}
+    config = small_das(freeze_sids_epoch=0, code_embeddings=True, item_quantizer=quant)
+    model = build_model(config, graph)
+    model.on_train_epoch_start(0)
+    tower = model.item_tower
+    codes, quantizer = tower.frozen_codes, tower.quantizer
+
+    def fresh() -> torch.Tensor:
+        return quantizer.decode(codes) + sum(e(codes[:, i]) for i, e in enumerate(tower.code_emb))
+
+    first, second = tower(None).quantized, tower(None).quantized
+    assert torch.equal(first, fresh()) and torch.equal(second, first)
+    cached = tower._decoded
+    if update == "grad":
+        assert cached is None and first.grad_fn is not None
+        first.sum().backward()
+        assert quantizer.codebooks.grad is not None  # the codebooks still train
+        return
+    assert cached is not None and torch.equal(cached[1], quantizer.decode(codes))
+    with torch.no_grad():
+        quantizer.codebooks[0, codes[0, 0]] += 1.0  # a codebook moved: decoded again
+    assert torch.equal(tower(None).quantized, fresh()) and tower._decoded[1] is not cached[1]
+    with torch.no_grad():
+        codes[0, 0] = (codes[0, 0] + 1) % quantizer.codebook_size  # so did a code
+    assert torch.equal(tower(None).quantized, fresh())
 
 
 def test_das_freeze_refits_and_uses_every_code():

@@ -154,8 +154,10 @@ def layer_mean_propagation(x: Tensor, adj: Tensor, convs: torch.nn.ModuleList) -
     h = x
     for conv in convs:
         h = conv(h, adj)
-        out = out + h
-    return out / (len(convs) + 1)
+        # after the first sum ``out`` is ours: summed and divided in place (no new
+        # (U+I, D) table per layer; neither op's backward reads it)
+        out = out + h if out is x else out.add_(h)
+    return out / (len(convs) + 1) if out is x else out.div_(len(convs) + 1)
 
 
 def fold_in_item_rows(

@@ -43,7 +43,10 @@ class GraphPropagation(nn.Module):
     def forward(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         """users ``(U, D)``, items ``(I, D)`` → propagated ``(U, D)``, ``(I, D)``."""
         out = layer_mean_propagation(torch.cat([users, items]), self.adj, self.convs)
-        return out[: self.n_users], out[self.n_users :]
+        # split, not two slices: its backward concatenates the two gradients, where each
+        # slice's would fill a zero (U+I, D) table and copy its part in
+        users_out, items_out = out.split([self.n_users, len(out) - self.n_users])
+        return users_out, items_out
 
     def sampled(
         self,

@@ -48,3 +48,28 @@ def test_profile_step_reports_the_top_operators_of_an_epoch(tmp_path):
     shares = [row["share"] for row in result["top_ops"]]
     assert len(shares) == 5 and shares == sorted(shares, reverse=True) and sum(shares) <= 1.0
     assert any("SparseMatmul" in row["op"] for row in result["top_ops"])
+
+
+def test_rounds_combine_by_their_medians_and_per_round_ratios():
+    """Three interleaved rounds: a model's epoch is the median over rounds and its ratio the
+    median of each round's ratio to RecBole's LightGCN in that same round (not the ratio of
+    the medians); a failed run is left out of both."""
+
+    def round_of(peer: float, das: float | None) -> list[dict]:
+        das_run = (
+            {"model": "das", "seconds_per_epoch": das}
+            if das
+            else {"model": "das", "error": "exit 1"}
+        )
+        return [{"model": "recbole-lightgcn", "seconds_per_epoch": peer}, das_run]
+
+    rounds = [round_of(2.0, 2.2), round_of(1.0, 1.3), round_of(4.0, 3.0)]
+    peer, das = speed.combine_rounds(rounds)
+    assert peer["seconds_per_epoch"] == 2.0 and peer["round_ratios"] == [1.0, 1.0, 1.0]
+    assert das["seconds_per_epoch"] == 2.2
+    assert das["round_ratios"] == [1.1, 1.3, 0.75] and das["epoch_ratio_to_recbole_lightgcn"] == 1.1
+    assert [r["seconds_per_epoch"] for r in das["rounds"]] == [2.2, 1.3, 3.0]
+    _, das = speed.combine_rounds([round_of(2.0, 3.0), round_of(1.0, None)])
+    assert das["seconds_per_epoch"] == 3.0 and das["round_ratios"] == [1.5]
+    (one,) = speed.combine_rounds([[{"model": "lightgcn", "seconds_per_epoch": 0.8}]])
+    assert one == {"model": "lightgcn", "seconds_per_epoch": 0.8}  # one round: as measured

@@ -106,10 +106,11 @@ class SemanticTower(nn.Module):
             residual = residual - book[c]
         return torch.stack(codes, 1)
 
-    def from_codes(self, codes: Tensor) -> QuantizerOutput:
+    def from_codes(self, codes: Tensor, codewords: Tensor | None = None) -> QuantizerOutput:
         """A frozen tower's output for given codes: codeword sum (trains "grad"
-        codebooks, if any) + code embeddings; no quantizer loss."""
-        quantized = self.quantizer.decode(codes)
+        codebooks, if any; ``codewords``: that sum, already decoded) + code embeddings;
+        no quantizer loss."""
+        quantized = self.quantizer.decode(codes) if codewords is None else codewords
         if self.code_emb is not None:
             quantized = quantized + sum(
                 emb(codes[:, level]) for level, emb in enumerate(self.code_emb)
@@ -142,6 +143,7 @@ class InputTower(SemanticTower):
         # Set by freeze(); a buffer, so that a checkpoint restores the frozen IDs exactly.
         n = len(blocks[self.names[0]][0])
         self.register_buffer("frozen_codes", torch.zeros(n, quantizer.levels, dtype=torch.long))
+        self._decoded: tuple[tuple, Tensor] | None = None  # see _frozen_codewords
 
     def inputs(self, rows: Tensor | None) -> dict[str, tuple[Tensor, Tensor]]:
         out = {}
@@ -155,7 +157,23 @@ class InputTower(SemanticTower):
         frozen: of their stored codes, which is the same and cheaper)."""
         if not bool(self.frozen):
             return self.embed(self.inputs(rows))
-        return self.from_codes(self.frozen_codes if rows is None else self.frozen_codes[rows])
+        if rows is None:
+            return self.from_codes(self.frozen_codes, self._frozen_codewords())
+        return self.from_codes(self.frozen_codes[rows])
+
+    def _frozen_codewords(self) -> Tensor | None:
+        """``(N, d)``: every row's frozen codeword sum, decoded once and kept while neither
+        the codes nor the codebooks change (EMA codebooks stop moving once frozen: the
+        sums were recomputed at every step, ~3% of a Beauty DAS step); None when the
+        codebooks train by gradient (their graph is needed at every step)."""
+        books = self.quantizer.codebooks
+        if books.requires_grad and torch.is_grad_enabled():
+            return None
+        codes = self.frozen_codes
+        key = (id(codes), codes._version, id(books), books._version)
+        if self._decoded is None or self._decoded[0] != key or self._decoded[1]._version:
+            self._decoded = (key, self.quantizer.decode(codes).detach())
+        return self._decoded[1]
 
     def _store_inputs(self, blocks) -> None:
         for i, name in enumerate(self.names):
