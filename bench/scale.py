@@ -20,8 +20,9 @@ power-law popularity and activity, content that follows the interactions):
   worker) and loads it with ``bench/load_api.py`` at 32 concurrent clients: p99 ms;
 * with ``--ddp SIZE``: training samples/s of each sampled model with ``devices: 2``
   (ddp_spawn, one thread each) against ``devices: 1`` (``bench/ddp_speed.py``,
-  ``--ddp-rounds`` interleaved rounds of ``--ddp-epochs``), with dense updates
-  (``sparse_updates`` is one process only).
+  ``--ddp-rounds`` interleaved rounds of ``--ddp-epochs``), with dense updates (up to
+  100k items they are faster than sparse ones, in one process and in two:
+  ``docs/research/28-issue-30-scale.md``, fifth part).
 
 Prints one JSON object; ``--table`` turns it into Markdown.
 """
@@ -211,7 +212,7 @@ def api_p99(run: Path, index: str, args, env: dict[str, str]) -> dict:
 
 def ddp(config: Path, args, env: dict[str, str]) -> dict:
     """Training pairs/s in one process and in two, ``--ddp-rounds`` interleaved rounds
-    (dense updates: sparse ones are one process only)."""
+    (dense updates, the faster ones at these sizes)."""
     result = script_json(
         "ddp_speed.py", ["--config", str(config), "--devices", "1,2", "--epochs",
                          str(args.ddp_epochs), "--repeat", str(args.ddp_rounds),

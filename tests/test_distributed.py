@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from recsys.artifacts import RunFolder
@@ -35,17 +36,23 @@ def test_ddp_strategies_keep_gradients_in_their_buckets_and_others_pass_through(
     strategy = lightning_strategy("ddp_spawn_find_unused_parameters_true")
     assert strategy._start_method == "spawn"
     assert strategy._ddp_kwargs == {"find_unused_parameters": True, "gradient_as_bucket_view": True}
+    # a sparse gradient has no bucket to be a view of
+    assert not lightning_strategy("ddp_spawn", sparse_gradients=True)._ddp_kwargs[
+        "gradient_as_bucket_view"
+    ]
     assert lightning_strategy("auto") == "auto"
 
 
-def raw_config(tmp_path: Path, table: Path, name: str, devices: int, batch: int, epochs: int):
+def raw_config(
+    tmp_path: Path, table: Path, name: str, devices: int, batch: int, epochs: int, **model
+):
     return {
         "name": name,
         "seed": 7,
         "output_dir": str(tmp_path / "runs"),
         "data": {"dataset": "table", "interactions": {"path": str(table)}, "split": "loo"},
         # the transition block's pair tables: buffers DDP leaves out of its broadcast
-        "model": {"kind": "lightgcn", "dim": 16, "layers": 2, "transition_dim": 8},
+        "model": {"kind": "lightgcn", "dim": 16, "layers": 2, "transition_dim": 8, **model},
         "trainer": {
             "max_epochs": epochs, "patience": 20, "lr": 0.01, "progress_bar": False,
             "accelerator": "cpu", "devices": devices, "num_threads": 1,
@@ -75,6 +82,18 @@ def test_two_processes_train_like_one_with_their_batches_together(tmp_path, tiny
     # this data the seed alone moves it by up to ~15%).
     assert b["valid"]["ndcg@10"] == pytest.approx(a["valid"]["ndcg@10"], rel=0.25)
     assert b["valid"]["ndcg@10"] > 0.05  # learnt: random ranking scores ~0.01 here
+
+
+def test_two_processes_with_sparse_updates_train_like_one(tmp_path, tiny_table):
+    """Sampled propagation with lazily updated tables in two processes: DDP all-reduces
+    the sparse gradients (the rows each process read) over gloo; the run trains as the
+    one-process run does, up to the negatives' and neighbourhoods' draws."""
+    sparse = {"fanouts": [5, 5], "sparse_updates": True}
+    one = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "one", 1, 256, 6, **sparse)))
+    two = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "two", 2, 128, 6, **sparse)))
+    assert files(two) == files(one)
+    a, b = one.metrics()["valid"]["ndcg@10"], two.metrics()["valid"]["ndcg@10"]
+    assert b == pytest.approx(a, rel=0.25) and b > 0.05
 
 
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_table):
@@ -111,3 +130,64 @@ def test_a_strategy_that_reruns_the_command_is_refused_with_the_one_to_use(tmp_p
             parse_run_config(raw)
     raw["trainer"]["strategy"] = "ddp_spawn_find_unused_parameters_true"
     assert parse_run_config(raw).trainer.strategy.startswith("ddp_spawn")
+
+
+class _LossOf(torch.nn.Module):
+    """DDP hooks its all-reduce into ``forward``: a model's training loss as one."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.loss(batch)["loss"]
+
+
+def _sparse_ddp_step(rank: int, world: int, store: str) -> None:
+    """One process of the test below: its own batch and neighbourhood draws."""
+    import numpy as np
+    import torch.distributed as dist
+    from test_sampling import power_law_graph
+    from torch.nn.parallel import DistributedDataParallel
+
+    from recsys.models.lightgcn import LightGCN, LightGCNConfig
+    from recsys.train.distributed import declare_sparse_tables
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    graph = power_law_graph(n_users=200, n_items=120, seed=5)
+    config = LightGCNConfig(dim=8, layers=2, fanouts=[2, 2], sparse_updates=True, transition_dim=4)
+    take = slice(20 * rank, 20 * rank + 20)
+    batch = {
+        "users": torch.as_tensor(graph.train_users[take]),
+        "pos_items": torch.as_tensor(graph.train_items[take]),
+        "neg_items": torch.as_tensor(np.random.default_rng(rank).integers(0, 120, size=(20, 1))),
+    }
+    models = []
+    for _ in range(2):  # the same weights: one for DDP, one for the reference
+        torch.manual_seed(0)
+        models.append(LightGCN(config, graph))
+    model, reference = models
+    tables = model.sparse_parameters()
+    declare_sparse_tables(model, tables)
+    ddp = DistributedDataParallel(_LossOf(model), gradient_as_bucket_view=False)
+    torch.manual_seed(100 + rank)  # the same draws on both sides
+    ddp(batch).backward()
+    torch.manual_seed(100 + rank)
+    reference.loss(batch)["loss"].backward()
+    for got, ref in zip(tables, reference.sparse_parameters(), strict=True):
+        assert got.grad.is_sparse and ref.grad.is_sparse
+        mean = ref.grad.to_dense()
+        dist.all_reduce(mean)  # this process's dense gradient, summed over both
+        torch.testing.assert_close(got.grad.to_dense(), mean / world)
+        assert not torch.equal(mean, ref.grad.to_dense() * world)  # the draws differ
+    dist.destroy_process_group()
+
+
+def test_ddp_all_reduces_the_sparse_tables_rows_to_the_mean_gradient(tmp_path):
+    """Two processes, each its own batch: DDP's gradient of every lazily updated table is
+    the mean of the two processes' own gradients (each checked against a reference model
+    that ran the same draws without DDP), kept sparse."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sparse_ddp_step, args=(2, str(tmp_path / "store")), nprocs=2)

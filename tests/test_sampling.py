@@ -201,13 +201,17 @@ def test_sparse_updates_give_the_dense_gradients_on_the_rows_a_step_read():
         assert bool((dense[name][untouched] == 0).all()), name  # no row lost
 
 
-def test_sparse_updates_need_fanouts_and_one_process():
+def test_sparse_updates_need_fanouts_and_gloo_in_several_processes():
     with pytest.raises(ValueError, match="sparse_updates needs fanouts"):
         LightGCNConfig(layers=2, sparse_updates=True)
     sampled = REPO / "configs" / "lightgcn_sampled.yaml"
     for several in (["trainer.strategy=ddp_spawn", "trainer.devices=2"], ["trainer.devices=2"]):
-        with pytest.raises(ConfigError, match="sparse_updates works in one process only"):
-            load_run_config(sampled, ["model.sparse_updates=true", *several])
+        # NCCL (GPUs) cannot all-reduce sparse gradients; gloo (CPU processes) can
+        for accelerator in ("auto", "gpu"):
+            with pytest.raises(ConfigError, match="needs trainer.accelerator: cpu"):
+                load_run_config(sampled, [f"trainer.accelerator={accelerator}", *several])
+        config = load_run_config(sampled, ["trainer.accelerator=cpu", *several])
+        assert config.model.sparse_updates
 
 
 def test_fanouts_need_one_entry_per_layer():

@@ -47,6 +47,7 @@ class TrainerConfig(StrictModel):
                 " a running OpenMP pool)"
             )
         return value
+
     num_threads: int | None = None
     # "auto": validate every n epochs, n sized so that validation costs about a fifth of
     # the training between validations, whatever the data's size
@@ -108,14 +109,15 @@ class RunConfig(StrictModel):
         return model_spec(value["kind"]).config_cls.model_validate(value)
 
     @model_validator(mode="after")
-    def _one_process_for_sparse_updates(self) -> RunConfig:
+    def _sparse_updates_over_gloo(self) -> RunConfig:
         t = self.trainer
         several = t.strategy != "auto" or t.devices not in ("auto", 1) or t.num_nodes > 1
-        if getattr(self.model, "sparse_updates", False) and several:
+        if getattr(self.model, "sparse_updates", False) and several and t.accelerator != "cpu":
             raise ValueError(
-                "model.sparse_updates works in one process only (DDP averages dense"
-                f" gradients; strategy {t.strategy!r}, devices {t.devices!r}): set"
-                " model.sparse_updates: false to train in several processes"
+                "model.sparse_updates in several processes needs trainer.accelerator: cpu"
+                f" (got {t.accelerator!r}; strategy {t.strategy!r}, devices {t.devices!r}):"
+                " gloo all-reduces sparse gradients, NCCL does not; set"
+                " model.sparse_updates: false to train on several GPUs"
             )
         return self
 

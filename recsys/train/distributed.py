@@ -53,13 +53,34 @@ def skip_constant_buffers(module: torch.nn.Module) -> None:
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, constant)
 
 
-def lightning_strategy(name: str) -> str | DDPStrategy:
+def declare_sparse_tables(module: torch.nn.Module, tables: list[torch.nn.Parameter]) -> None:
+    """Mark the embedding modules holding ``tables`` (the parameters a model updates lazily,
+    ``model.sparse_updates``) as ``sparse``: DDP decides which parameters get a sparse
+    all-reduce (the rows a step read, from every process) from their module's ``sparse``
+    flag, not from the gradients themselves, and fails on a sparse gradient it expected
+    dense. Our models read these tables with sparse lookups of their own; the flag changes
+    nothing else."""
+    wanted = {id(p) for p in tables}
+    owned = set()
+    for sub in module.modules():
+        weight = getattr(sub, "weight", None)
+        if isinstance(sub, torch.nn.Embedding | torch.nn.EmbeddingBag) and id(weight) in wanted:
+            sub.sparse = True
+            owned.add(id(weight))
+    names = [name for name, p in module.named_parameters() if id(p) in wanted - owned]
+    if names:
+        raise ValueError(f"sparse tables not held by an embedding module: {names}")
+
+
+def lightning_strategy(name: str, sparse_gradients: bool = False) -> str | DDPStrategy:
     """Lightning's strategy called ``name``; a DDP one with the gradients stored in their
     all-reduce buckets (``gradient_as_bucket_view``: no second copy of every gradient,
-    which the embedding tables make as large as the model)."""
+    which the embedding tables make as large as the model), except with
+    ``sparse_gradients``: a sparse gradient has no bucket to live in (the reducer aborts)."""
     if name not in StrategyRegistry or StrategyRegistry[name]["strategy"] is not DDPStrategy:
         return name
-    return DDPStrategy(**StrategyRegistry[name]["init_params"], gradient_as_bucket_view=True)
+    init = StrategyRegistry[name]["init_params"]
+    return DDPStrategy(**init, gradient_as_bucket_view=not sparse_gradients)
 
 
 def shard_batches(n_batches: int, rank: int, world: int) -> list[int]:

@@ -68,7 +68,7 @@ def lightning_trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
         num_nodes=tc.num_nodes,
-        strategy=lightning_strategy(tc.strategy),
+        strategy=lightning_strategy(tc.strategy, getattr(config.model, "sparse_updates", False)),
         deterministic=tc.deterministic,
         callbacks=callbacks,
         logger=CSVLogger(run.root, name="logs", version=log_version),

@@ -9,7 +9,7 @@ import torch
 
 from recsys.eval.ranking import evaluate
 from recsys.models.base import Recommender, dot_scores
-from recsys.train.distributed import skip_constant_buffers
+from recsys.train.distributed import declare_sparse_tables, skip_constant_buffers
 from recsys.train.ema import ParameterEMA
 from recsys.train.optim import adam_for
 
@@ -35,6 +35,7 @@ class RecommenderModule(L.LightningModule):
         self.candidates = candidates
         self.ks, self.eval_batch_size = ks, eval_batch_size
         skip_constant_buffers(self)  # several processes: copy only what training changes
+        declare_sparse_tables(self, model.sparse_parameters())  # and all-reduce the rows read
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         losses = self.model.loss(batch)
