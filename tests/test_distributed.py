@@ -191,3 +191,31 @@ def test_ddp_all_reduces_the_sparse_tables_rows_to_the_mean_gradient(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_sparse_ddp_step, args=(2, str(tmp_path / "store")), nprocs=2)
+
+
+def test_every_lazily_updated_table_is_declared_to_ddp_as_sparse():
+    """DDP picks sparse all-reduces by module: every table DAS and LightGCN update lazily
+    sits in an embedding module that is now marked sparse (nothing else is); a lazily
+    updated parameter outside an embedding module is named, not silently all-reduced dense."""
+    from test_sampling import power_law_graph
+    from test_semantic_models import CONTENT_CONCAT, small_das, synthetic_content_graph
+
+    from recsys.models import build_model
+    from recsys.models.lightgcn import LightGCN, LightGCNConfig
+    from recsys.train.distributed import declare_sparse_tables
+
+    graph, _ = synthetic_content_graph()
+    settings = {"fanouts": [3, 3], "sparse_updates": True, "transition_dim": 4,
+                "code_embeddings": True}  # fmt: skip
+    das = build_model(small_das(**CONTENT_CONCAT, **settings), graph)
+    config = LightGCNConfig(dim=8, layers=2, fanouts=[2, 2], sparse_updates=True, transition_dim=4)
+    lightgcn = LightGCN(config, power_law_graph())
+    for model in (das, lightgcn):
+        tables = model.sparse_parameters()
+        declare_sparse_tables(model, tables)
+        embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+        marked = [m.weight for m in embeddings if m.sparse]
+        assert {id(p) for p in marked} == {id(p) for p in tables} and len(tables) >= 3
+    stray = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"not held by an embedding module: \['weight'\]"):
+        declare_sparse_tables(stray, [stray.weight])
