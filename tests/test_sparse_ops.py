@@ -16,6 +16,7 @@ from recsys.models.graph import (
     sparse_matmul,
     sparse_rows_matmul,
     symmetric_spmm,
+    weighted_bag_sum,
 )
 
 
@@ -121,6 +122,36 @@ def test_rows_gathers_like_indexing_with_the_same_gradient():
     (table[index] * upstream).sum().backward()
     assert torch.equal(rows(table, index), table[index])
     torch.testing.assert_close(got, table.grad)
+
+
+def test_a_weighted_bag_sum_is_the_masked_gather_sum_with_its_gradient(kernel):
+    """Bags with repeated rows, zero weights and a padding row, against gather × weight ×
+    sum: the same forward values, the same table gradient up to rounding; the sparse
+    variant's gradient holds the rows read only."""
+    gen = torch.Generator().manual_seed(0)
+    n_rows, n_bags, width = 11, 40, 6
+    items = torch.randint(0, n_rows, (n_bags, width), generator=gen)
+    items[:5, 3:] = n_rows - 1  # a padding row ...
+    items[7] = 2  # ... and a bag reading one row six times
+    weights = torch.rand(n_bags, width, generator=gen)
+    weights[:5, 3:] = 0.0
+    upstream = torch.randn(n_bags, 3, generator=gen)
+    table = torch.randn(n_rows, 3, generator=gen, requires_grad=True)
+    want = (table[items] * weights[..., None]).sum(1)
+    (want * upstream).sum().backward()
+    want_grad, table.grad = table.grad.clone(), None
+    got = weighted_bag_sum(items, table, weights)
+    (got * upstream).sum().backward()
+    torch.testing.assert_close(got.detach(), want.detach())
+    torch.testing.assert_close(table.grad, want_grad)
+    assert table.grad.is_contiguous() and table.grad.dtype == torch.float32
+    table.grad = None
+    (weighted_bag_sum(items, table, weights, sparse=True) * upstream).sum().backward()
+    assert table.grad.is_sparse
+    torch.testing.assert_close(table.grad.to_dense(), want_grad)
+    assert set(table.grad.coalesce().indices()[0].tolist()) == set(items.unique().tolist())
+    with torch.no_grad():  # scoring: no graph kept
+        assert not weighted_bag_sum(items, table, weights).requires_grad
 
 
 def test_nan_check_accepts_both_infinities_and_finds_a_nan():

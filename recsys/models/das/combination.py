@@ -159,7 +159,9 @@ class ConcatCombination:
         user_side = None if batch_users_only else user_out
         vectors = model._concat_vectors(item_out, user_side, distinct, items)
         ego = vectors.item_ego
-        p_final, n_final = vectors.item_rows(pos_at), vectors.item_rows(neg_at)
+        # positives and negatives gathered together: one scatter per table backward
+        pair_items = torch.cat([pos_at, neg_at])  # (2B,)
+        p_final, n_final = vectors.item_rows(pair_items).split(len(pos))
         e_u, e_p = rows(vectors.collab_users, at), p_final[:, : cfg.dim]  # aligned
         if cfg.history_leave_target_out:
             u_final, e_u = model._leave_target_out(vectors, users, pos, p_final, at)
@@ -183,5 +185,5 @@ class ConcatCombination:
         )
         terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
         user_rows = rows(model.user.weight, users, cfg.sparse_updates)
-        terms["reg_loss"] = l2_penalty(user_rows, rows(ego, pos_at), rows(ego, neg_at), *reg)
+        terms["reg_loss"] = l2_penalty(user_rows, *rows(ego, pair_items).split(len(pos)), *reg)
         return BatchVectors(terms, e_u, e_p, s_u, s_pos, s_items)
