@@ -70,6 +70,30 @@ def test_a_pair_trains_only_on_its_preceding_items():
     assert touched == [1, 3]  # the items before (0, 4): never 4 itself, never another user's
 
 
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_batch_rows_append_each_items_target_row_and_regularise_every_row(negatives):
+    """One or several negatives a pair: positives' and negatives' target rows are read
+    together; each appended row is the item's own, and every row read is regularised."""
+    from recsys.models.transition import batch_with_transition
+
+    block = _block()
+    q = block.item_vectors().detach()
+    users, items = torch.tensor([0, 1, 0]), torch.tensor([3, 0, 1])
+    neg_items = torch.tensor([[2, 5, 4], [4, 1, 3], [0, 0, 2]])[:, :negatives]
+    neg = torch.zeros(3, negatives, 2) if negatives > 1 else torch.zeros(3, 2)
+    batch = {"users": users, "pos_items": items, "neg_items": neg_items}
+    user, pos, got_neg, reg = batch_with_transition(
+        block, batch, torch.zeros(3, 2), torch.zeros(3, 2), neg
+    )
+    assert user.shape == pos.shape == (3, 6)
+    torch.testing.assert_close(pos[:, 2:].detach(), q[items])
+    expected = q[neg_items] if negatives > 1 else q[neg_items[:, 0]]
+    assert got_neg.shape == (*neg.shape[:-1], 6)
+    torch.testing.assert_close(got_neg[..., 2:].detach(), expected)
+    assert [r.shape[0] for r in reg] == [3, 3, 3 * negatives]
+    torch.testing.assert_close(reg[2].detach(), expected.reshape(-1, 4))
+
+
 def test_das_scores_add_the_transition_dot_product():
     graph, _ = synthetic_content_graph()
     config = small_das(**CONTENT_CONCAT, user_semantic="history", transition_dim=8)
