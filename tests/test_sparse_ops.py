@@ -9,14 +9,13 @@ import scipy.sparse as sp
 import torch
 
 from recsys.eval.ranking import _has_nan, evaluate
-from recsys.models import graph as graph_ops
-from recsys.models.base import dot_scores, rows
+from recsys.models import base as base_ops
+from recsys.models.base import dot_scores, rows, weighted_bag_sum
 from recsys.models.graph import (
     normalized_adjacency,
     sparse_matmul,
     sparse_rows_matmul,
     symmetric_spmm,
-    weighted_bag_sum,
 )
 
 
@@ -29,7 +28,7 @@ def random_pairs(seed: int = 0, n_users: int = 30, n_items: int = 20, n: int = 1
 @pytest.fixture(params=["scipy", "torch"])
 def kernel(request, monkeypatch):
     if request.param == "torch":  # more threads than scipy takes
-        monkeypatch.setattr(graph_ops, "SCIPY_MAX_THREADS", 0)
+        monkeypatch.setattr(base_ops, "SCIPY_MAX_THREADS", 0)
     return request.param
 
 
@@ -99,7 +98,7 @@ def test_the_scipy_kernel_gives_torchs_products_bit_for_bit(monkeypatch):
     adj = normalized_adjacency(users, items, n_users, n_items)
     x = torch.randn(n_users + n_items, 16)
     fast = symmetric_spmm(adj, x)
-    monkeypatch.setattr(graph_ops, "SCIPY_MAX_THREADS", 0)
+    monkeypatch.setattr(base_ops, "SCIPY_MAX_THREADS", 0)
     assert torch.equal(fast, symmetric_spmm(adj, x))
 
 

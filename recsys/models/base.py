@@ -178,6 +178,64 @@ def rows(table: Tensor, index: Tensor, sparse: bool = False) -> Tensor:
     return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
 
 
+# On this few threads scipy's CSR kernel multiplies a fixed sparse matrix by a dense one
+# about 2.5x faster than torch's CPU CSR kernel (bench/speed.py, Beauty: 5.3 vs 13 ms at one
+# thread, 6.0 vs 8.7 at two), with the same sums in the same order (bitwise equal products);
+# with more threads torch's parallel kernel takes over.
+SCIPY_MAX_THREADS = 2
+
+
+def scipy_kernels() -> bool:
+    """Whether CPU products go through scipy's kernels (few torch threads)."""
+    return torch.get_num_threads() <= SCIPY_MAX_THREADS
+
+
+class _WeightedBagSum(torch.autograd.Function):
+    """``Σ_k w[n, k] table[items[n, k]]`` (``embedding_bag``'s forward) whose backward scatters
+    the bags' gradients through scipy: the ``(N, W)`` bags are a CSR ``(N, rows)`` matrix as
+    they stand (no sort, no conversion), and ``matrixᵀ @ grad`` adds each row's entries in
+    bag order, the order ``embedding_bag``'s own backward adds them after its sort, about 6×
+    faster on one thread (12 vs 2 ms at Beauty's 8,192 × 20 bags), equal up to rounding
+    (its ``axpy`` may fuse the multiply-add)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, items: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.n_rows, ctx.items, ctx.weights = table.shape[0], items, weights
+        return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        n, width = ctx.items.shape
+        import scipy.sparse as sp
+
+        bags = sp.csr_matrix(
+            (
+                ctx.weights.numpy().ravel(),
+                ctx.items.numpy().ravel(),
+                np.arange(0, n * width + 1, width),
+            ),
+            shape=(n, ctx.n_rows),
+        )
+        return torch.from_numpy(bags.T @ grad.contiguous().numpy()), None, None
+
+
+def weighted_bag_sum(items: Tensor, table: Tensor, weights: Tensor, sparse: bool = False) -> Tensor:
+    """items, weights ``(N, W)`` (no gradient), table ``(R, D)`` → ``(N, D)``:
+    ``Σ_k weights[n, k] · table[items[n, k]]`` without materialising ``(N, W, D)``
+    (``F.embedding_bag``, whose backward goes through scipy on this few CPU threads;
+    ``sparse``: a sparse gradient for ``table``, the rows read only)."""
+    fast = (
+        not sparse
+        and table.device.type == "cpu"
+        and table.dtype == torch.float32
+        and scipy_kernels()
+        and not weights.requires_grad
+    )
+    if fast and table.requires_grad and torch.is_grad_enabled():
+        return _WeightedBagSum.apply(table, items.contiguous(), weights.contiguous())
+    return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum", sparse=sparse)
+
+
 def find_sorted(keys: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
     """Positions of ``wanted (B,)`` in the ascending ``keys (E,)`` and whether each is
     there: ``(at, found)``, ``at`` clamped to a valid index (any, where not found)."""

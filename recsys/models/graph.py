@@ -6,10 +6,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 from torch_geometric.nn import LGConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
+
+from recsys.models.base import scipy_kernels
 
 
 def bipartite_edge_index(train_users: np.ndarray, train_items: np.ndarray, n_users: int) -> Tensor:
@@ -33,11 +34,6 @@ def normalized_adjacency(
     return to_torch_csr_tensor(edge_index, weight, size=(n, n))
 
 
-# On this few threads scipy's CSR kernel multiplies a fixed sparse matrix by a dense one
-# about 2.5x faster than torch's CPU CSR kernel (bench/speed.py, Beauty: 5.3 vs 13 ms at one
-# thread, 6.0 vs 8.7 at two), with the same sums in the same order (bitwise equal products);
-# with more threads torch's parallel kernel takes over.
-SCIPY_MAX_THREADS = 2
 
 
 def _scipy_twin(matrix: Tensor, transpose: bool) -> sp.csr_matrix:
@@ -69,7 +65,7 @@ def _scipy_twin(matrix: Tensor, transpose: bool) -> sp.csr_matrix:
 
 def _matmul(matrix: Tensor, x: Tensor, transpose: bool) -> Tensor:
     """``matrix @ x`` (or ``matrixᵀ @ x``) for a fixed sparse ``matrix`` and dense ``x``."""
-    if x.device.type == "cpu" and torch.get_num_threads() <= SCIPY_MAX_THREADS:
+    if x.device.type == "cpu" and scipy_kernels():
         twin = _scipy_twin(matrix, transpose)
         return torch.from_numpy(twin @ x.detach().contiguous().numpy())
     if transpose:
@@ -123,56 +119,12 @@ def sparse_rows_matmul(
     batch's users' history pools: a few percent of all users' at small batches). With
     ``columns (m,)`` (ascending, distinct, holding every column of those rows' entries),
     ``x (m, D)`` holds the rows of those columns only."""
-    if x.device.type == "cpu" and torch.get_num_threads() <= SCIPY_MAX_THREADS:
+    if x.device.type == "cpu" and scipy_kernels():
         return _SparseRowsMatmul.apply(matrix, index, x, columns)
     if columns is None:
         return sparse_matmul(matrix, x).index_select(0, index)
     block = matrix.to_sparse_coo().index_select(0, index).index_select(1, columns)
     return torch.sparse.mm(block, x)
-
-
-class _WeightedBagSum(torch.autograd.Function):
-    """``Σ_k w[n, k] table[items[n, k]]`` (``embedding_bag``'s forward) whose backward scatters
-    the bags' gradients through scipy: the ``(N, W)`` bags are a CSR ``(N, rows)`` matrix as
-    they stand (no sort, no conversion), and ``matrixᵀ @ grad`` adds each row's entries in
-    bag order, the order ``embedding_bag``'s own backward adds them after its sort, about 6×
-    faster on one thread (12 vs 2 ms at Beauty's 8,192 × 20 bags), equal up to rounding
-    (its ``axpy`` may fuse the multiply-add)."""
-
-    @staticmethod
-    def forward(ctx, table: Tensor, items: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.n_rows, ctx.items, ctx.weights = table.shape[0], items, weights
-        return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        n, width = ctx.items.shape
-        bags = sp.csr_matrix(
-            (
-                ctx.weights.numpy().ravel(),
-                ctx.items.numpy().ravel(),
-                np.arange(0, n * width + 1, width),
-            ),
-            shape=(n, ctx.n_rows),
-        )
-        return torch.from_numpy(bags.T @ grad.contiguous().numpy()), None, None
-
-
-def weighted_bag_sum(items: Tensor, table: Tensor, weights: Tensor, sparse: bool = False) -> Tensor:
-    """items, weights ``(N, W)`` (no gradient), table ``(R, D)`` → ``(N, D)``:
-    ``Σ_k weights[n, k] · table[items[n, k]]`` without materialising ``(N, W, D)``
-    (``F.embedding_bag``, whose backward goes through scipy on this few CPU threads;
-    ``sparse``: a sparse gradient for ``table``, the rows read only)."""
-    fast = (
-        not sparse
-        and table.device.type == "cpu"
-        and table.dtype == torch.float32
-        and torch.get_num_threads() <= SCIPY_MAX_THREADS
-        and not weights.requires_grad
-    )
-    if fast and table.requires_grad and torch.is_grad_enabled():
-        return _WeightedBagSum.apply(table, items.contiguous(), weights.contiguous())
-    return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum", sparse=sparse)
 
 
 def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:

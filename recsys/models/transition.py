@@ -21,8 +21,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from recsys.config import StrictModel
-from recsys.models.base import TrainingGraph, find_sorted, rows, warm_mask
-from recsys.models.graph import weighted_bag_sum
+from recsys.models.base import TrainingGraph, find_sorted, rows, warm_mask, weighted_bag_sum
 
 
 class TransitionFields(StrictModel):
