@@ -205,9 +205,9 @@ class _WeightedBagSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        n, width = ctx.items.shape
-        import scipy.sparse as sp
+        import scipy.sparse as sp  # here: serving imports this module, never this backward
 
+        n, width = ctx.items.shape
         bags = sp.csr_matrix(
             (
                 ctx.weights.numpy().ravel(),
@@ -224,14 +224,16 @@ def weighted_bag_sum(items: Tensor, table: Tensor, weights: Tensor, sparse: bool
     ``Σ_k weights[n, k] · table[items[n, k]]`` without materialising ``(N, W, D)``
     (``F.embedding_bag``, whose backward goes through scipy on this few CPU threads;
     ``sparse``: a sparse gradient for ``table``, the rows read only)."""
-    fast = (
+    scipy_backward = (
         not sparse
+        and table.requires_grad
+        and torch.is_grad_enabled()
         and table.device.type == "cpu"
         and table.dtype == torch.float32
         and scipy_kernels()
         and not weights.requires_grad
     )
-    if fast and table.requires_grad and torch.is_grad_enabled():
+    if scipy_backward:
         return _WeightedBagSum.apply(table, items.contiguous(), weights.contiguous())
     return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum", sparse=sparse)
 

@@ -34,8 +34,6 @@ def normalized_adjacency(
     return to_torch_csr_tensor(edge_index, weight, size=(n, n))
 
 
-
-
 def _scipy_twin(matrix: Tensor, transpose: bool) -> sp.csr_matrix:
     """The scipy CSR copy of a fixed sparse ``matrix`` (or of its transpose), built once and
     kept on the tensor object itself: a moved or rebuilt matrix is a new tensor, so its
