@@ -123,6 +123,28 @@ def test_rows_gathers_like_indexing_with_the_same_gradient():
     torch.testing.assert_close(got, table.grad)
 
 
+def test_rows_scatters_its_gradient_as_index_add_and_embedding_do_bit_for_bit(kernel):
+    """Many repeats of few rows (as a codebook's rows are read): the gradient through
+    ``rows`` (scipy's scatter on few threads) is bitwise torch's ``index_select``
+    backward and ``F.embedding``'s, sums in the same order; no graph when no gradient."""
+    gen = torch.Generator().manual_seed(1)
+    table = torch.randn(13, 5, generator=gen, requires_grad=True)
+    index = torch.randint(0, 12, (400, 3), generator=gen)  # row 12 never read
+    upstream = torch.randn(400, 3, 5, generator=gen)
+    (rows(table, index) * upstream).sum().backward()
+    got, table.grad = table.grad.clone(), None
+    picked = table.index_select(0, index.flatten()).view(400, 3, 5)
+    (picked * upstream).sum().backward()
+    assert torch.equal(got, table.grad)
+    table.grad = None
+    (torch.nn.functional.embedding(index, table) * upstream).sum().backward()
+    assert torch.equal(got, table.grad)
+    assert not got[12].any() and got.is_contiguous()
+    assert torch.equal(rows(table, index), table[index])
+    with torch.no_grad():
+        assert not rows(table, index).requires_grad
+
+
 def test_a_weighted_bag_sum_is_the_masked_gather_sum_with_its_gradient(kernel):
     """Bags with repeated rows, zero weights and a padding row, against gather × weight ×
     sum: the same forward values, the same table gradient up to rounding; the sparse

@@ -170,12 +170,18 @@ def build_model(config: StrictModel, graph: TrainingGraph) -> Recommender:
 def rows(table: Tensor, index: Tensor, sparse: bool = False) -> Tensor:
     """``table[index]`` for a row table ``(N, D)`` and an index of any shape ``S`` →
     ``(*S, D)``, through ``index_select``: the same values, and a backward (index_add) about
-    twice as fast as advanced indexing's (index_put) under deterministic algorithms.
+    twice as fast as advanced indexing's (index_put) under deterministic algorithms, and
+    through scipy (:class:`_RowGather`) faster again on few CPU threads.
     ``sparse``: through ``F.embedding(sparse=True)`` instead, so that ``table``'s gradient
     is sparse (the rows read only), for lazily updated tables."""
     if sparse:
         return F.embedding(index, table, sparse=True)
-    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+    flat = index.reshape(-1)
+    if _scipy_backward(table):
+        picked = _RowGather.apply(table, flat.contiguous())
+    else:
+        picked = table.index_select(0, flat)
+    return picked.view(*index.shape, *table.shape[1:])
 
 
 # On this few threads scipy's CSR kernel multiplies a fixed sparse matrix by a dense one
@@ -188,6 +194,51 @@ SCIPY_MAX_THREADS = 2
 def scipy_kernels() -> bool:
     """Whether CPU products go through scipy's kernels (few torch threads)."""
     return torch.get_num_threads() <= SCIPY_MAX_THREADS
+
+
+def _scipy_backward(table: Tensor) -> bool:
+    """Whether a gather from ``table`` scatters its gradient back through scipy: a dense
+    float32 CPU gradient is wanted, on few threads."""
+    return (
+        table.requires_grad
+        and torch.is_grad_enabled()
+        and table.device.type == "cpu"
+        and table.dtype == torch.float32
+        and scipy_kernels()
+    )
+
+
+def _scatter_rows(n_rows: int, index: Tensor, weights: np.ndarray, grad: Tensor) -> Tensor:
+    """``(n_rows, D)``: row ``index[n, k]`` gets ``Σ weights[n, k] · grad[n]`` — the ``(N, W)``
+    entries read as a CSR ``(N, n_rows)`` matrix as they stand (index pointer ``0, W, 2W,
+    …``: no sort, no conversion) and multiplied transposed by ``grad (N, D)``: scipy adds
+    each row's entries in entry order, the order torch's ``index_add`` and embedding
+    backwards add them, in C without their per-row dispatch."""
+    import scipy.sparse as sp  # here: serving imports this module, never a backward
+
+    n, width = index.shape
+    entries = sp.csr_matrix(
+        (weights.ravel(), index.numpy().ravel(), np.arange(0, n * width + 1, width)),
+        shape=(n, n_rows),
+    )
+    return torch.from_numpy(entries.T @ grad.contiguous().numpy())
+
+
+class _RowGather(torch.autograd.Function):
+    """``table.index_select(0, index)`` whose backward scatters through scipy
+    (:func:`_scatter_rows` with unit weights): the same sums in the same order as
+    ``index_add`` (bitwise equal), ~5× faster on one thread for Beauty's 16,384 rows of 64
+    (torch dispatches one row add per index)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.n_rows, ctx.index = table.shape[0], index
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        ones = np.ones(len(ctx.index), dtype=np.float32)
+        return _scatter_rows(ctx.n_rows, ctx.index[:, None], ones, grad), None
 
 
 class _WeightedBagSum(torch.autograd.Function):
@@ -205,18 +256,8 @@ class _WeightedBagSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        import scipy.sparse as sp  # here: serving imports this module, never this backward
-
-        n, width = ctx.items.shape
-        bags = sp.csr_matrix(
-            (
-                ctx.weights.numpy().ravel(),
-                ctx.items.numpy().ravel(),
-                np.arange(0, n * width + 1, width),
-            ),
-            shape=(n, ctx.n_rows),
-        )
-        return torch.from_numpy(bags.T @ grad.contiguous().numpy()), None, None
+        weights = ctx.weights.numpy()
+        return _scatter_rows(ctx.n_rows, ctx.items, weights, grad), None, None
 
 
 def weighted_bag_sum(items: Tensor, table: Tensor, weights: Tensor, sparse: bool = False) -> Tensor:
@@ -224,16 +265,7 @@ def weighted_bag_sum(items: Tensor, table: Tensor, weights: Tensor, sparse: bool
     ``Σ_k weights[n, k] · table[items[n, k]]`` without materialising ``(N, W, D)``
     (``F.embedding_bag``, whose backward goes through scipy on this few CPU threads;
     ``sparse``: a sparse gradient for ``table``, the rows read only)."""
-    scipy_backward = (
-        not sparse
-        and table.requires_grad
-        and torch.is_grad_enabled()
-        and table.device.type == "cpu"
-        and table.dtype == torch.float32
-        and scipy_kernels()
-        and not weights.requires_grad
-    )
-    if scipy_backward:
+    if not sparse and not weights.requires_grad and _scipy_backward(table):
         return _WeightedBagSum.apply(table, items.contiguous(), weights.contiguous())
     return F.embedding_bag(items, table, per_sample_weights=weights, mode="sum", sparse=sparse)
 

@@ -208,11 +208,11 @@ class DualAlignedSemanticIDs(Recommender):
         """concat mode: ``(I, D)`` layer-0 collaborative item rows (warm items' ID rows,
         per-level code embeddings and, for warm items, the suffix embedding)."""
         ego = self.item.weight * self.warm[:, None]
-        if self.item_code_emb is not None:
+        if self.item_code_emb is not None:  # rows(): the scatter backward through scipy
             for level, emb in enumerate(self.item_code_emb):
-                ego = ego + emb(item_out.codes[:, level])
+                ego = ego + rows(emb.weight, item_out.codes[:, level])
             suffix = self._suffixes(item_out.codes)
-            ego = ego + self.item_suffix_emb(suffix) * self.warm_items[:, None]
+            ego = ego + rows(self.item_suffix_emb.weight, suffix) * self.warm_items[:, None]
         return ego
 
     def _suffixes(self, codes: Tensor) -> Tensor:
