@@ -203,7 +203,7 @@ def test_das_leave_target_out_pools_the_history_without_the_pair_item():
     with torch.no_grad():
         vectors = model._concat_vectors(model.item_tower(None), None)
         users, items = torch.as_tensor(graph.train_users), torch.as_tensor(graph.train_items)
-        final, collab = model._leave_target_out(vectors, users, items)
+        collab, semantic = model._leave_target_out(vectors, users, items)
     d = config.dim
     c_i, s_i = vectors.items[:, :d].numpy(), vectors.items[:, d:].numpy()
     own = (vectors.collab_users - beta * vectors.collab_history).numpy()  # propagated ID rows
@@ -215,8 +215,7 @@ def test_das_leave_target_out_pools_the_history_without_the_pair_item():
         want_c = own[u] + beta * (w @ c_i[rest] if others.any() else 0)
         want_s = gamma * (w @ s_i[rest]) if others.any() else np.zeros(s_i.shape[1])
         np.testing.assert_allclose(collab[row].numpy(), want_c, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(final[row, :d].numpy(), want_c, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(final[row, d:].numpy(), want_s, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(semantic[row].numpy(), want_s, rtol=1e-4, atol=1e-5)
     # scoring is unchanged: the held-out item is never in the history there
     plain = build_model(config.model_copy(update={"history_leave_target_out": False}), graph)
     plain.load_state_dict(model.state_dict())
@@ -718,9 +717,13 @@ def test_das_popularity_in_training_adds_the_prior_to_the_trained_scores():
     expected = np.log1p(np.exp(x_neg - x_pos)).mean()
     expected_plain = np.log1p(np.exp(np.array([0.0, 0.0]) - np.array([1.0, 2.0]))).mean()
     assert abs(expected - expected_plain) > 0.05  # the prior moves this batch's loss
-    assert float(model._rec_loss(u, p, n, pos, neg)) == pytest.approx(expected, rel=1e-5)
+    assert float(model._rec_loss([u], [p], [n], pos, neg)) == pytest.approx(expected, rel=1e-5)
+    # the same vectors in two parts (columns split): the same loss
+    halves = [[x[:, :1], x[:, 1:]] for x in (u, p, n)]
+    assert float(model._rec_loss(*halves, pos, neg)) == pytest.approx(expected, rel=1e-5)
     plain = build_model(small_das(**prior), graph)
-    assert float(plain._rec_loss(u, p, n, pos, neg)) == pytest.approx(expected_plain, rel=1e-5)
+    plain_loss = float(plain._rec_loss([u], [p], [n], pos, neg))
+    assert plain_loss == pytest.approx(expected_plain, rel=1e-5)
     history = _train(model, graph, steps=30)
     assert history["rec_loss"].iloc[-10:].mean() < history["rec_loss"].iloc[:10].mean()
     with pytest.raises(ValueError, match="popularity_in_training"):

@@ -183,6 +183,21 @@ def with_transition(
     return torch.cat([users, block.user_vectors()], 1), torch.cat([items, block.item_vectors()], 1)
 
 
+def transition_rows(
+    block: TransitionBlock, batch: dict[str, Tensor], neg_items: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Training: the block's rows of the batch's pairs, ``t_u``, ``t_pos (B, d)``, and of
+    ``neg_items (*S)`` (None: none), ``t_neg (*S, d)``."""
+    users, items = batch["users"], batch["pos_items"]
+    t_u, item_rows = block.pair_vectors(users, items), block.item_reader()
+    if neg_items is None:
+        return t_u, item_rows(items), None
+    # positives and negatives gathered together: one scatter backward
+    wanted = torch.cat([items, neg_items.flatten()])  # (B + B·N,)
+    t_pos, t_neg = item_rows(wanted).split([len(items), neg_items.numel()])
+    return t_u, t_pos, t_neg.view(*neg_items.shape, -1)
+
+
 def batch_with_transition(
     block: TransitionBlock | None,
     batch: dict[str, Tensor],
@@ -195,18 +210,15 @@ def batch_with_transition(
     regularise (none without a block)."""
     if block is None:
         return user, pos, neg, []
-    users, items = batch["users"], batch["pos_items"]
-    t_u, item_rows = block.pair_vectors(users, items), block.item_reader()
-    if neg is None:
-        t_pos = item_rows(items)
-    else:  # positives and negatives gathered together: one scatter backward
+    neg_items = None
+    if neg is not None:
         neg_items = batch["neg_items"] if neg.dim() == 3 else batch["neg_items"][:, 0]
-        wanted = torch.cat([items, neg_items.flatten()])  # (B + B·N,)
-        t_pos, t_neg = item_rows(wanted).split([len(items), neg_items.numel()])
-        neg = torch.cat([neg, t_neg.view(*neg_items.shape, -1)], -1)
+    t_u, t_pos, t_neg = transition_rows(block, batch, neg_items)
     user, pos = torch.cat([user, t_u], -1), torch.cat([pos, t_pos], -1)
-    reg = [t_u, t_pos] if neg is None else [t_u, t_pos, t_neg]
-    return user, pos, neg, reg
+    if t_neg is None:
+        return user, pos, neg, [t_u, t_pos]
+    neg = torch.cat([neg, t_neg], -1)
+    return user, pos, neg, [t_u, t_pos, t_neg.reshape(-1, t_neg.shape[-1])]
 
 
 def transition_history(block: TransitionBlock | None, users: np.ndarray, items: np.ndarray) -> bool:

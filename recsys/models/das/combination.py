@@ -23,7 +23,7 @@ from torch import Tensor
 
 from recsys.models.base import rows
 from recsys.models.losses import l2_penalty
-from recsys.models.transition import batch_with_transition, with_transition
+from recsys.models.transition import transition_rows, with_transition
 
 if TYPE_CHECKING:
     from recsys.models.das.model import DualAlignedSemanticIDs
@@ -100,7 +100,7 @@ class AddCombination:
         u_final = self.final(model, e_u, s_u, None)
         p_final = self.final(model, e_p, s_pos, model.warm[pos])
         n_final = self.final(model, e_n, s_neg, model.warm[neg])
-        terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
+        terms["rec_loss"] = model._rec_loss([u_final], [p_final], [n_final], pos, neg)
         terms["reg_loss"] = l2_penalty(
             model.user.weight[users], model.item.weight[pos], model.item.weight[neg]
         )
@@ -159,14 +159,16 @@ class ConcatCombination:
         user_side = None if batch_users_only else user_out
         vectors = model._concat_vectors(item_out, user_side, distinct, items)
         ego = vectors.item_ego
-        # positives and negatives gathered together: one scatter per table backward
+        # positives and negatives gathered together (one scatter per table backward),
+        # and kept in parts: the scores sum the parts' products, no concatenated rows
         pair_items = torch.cat([pos_at, neg_at])  # (2B,)
-        p_final, n_final = vectors.item_rows(pair_items).split(len(pos))
-        e_u, e_p = rows(vectors.collab_users, at), p_final[:, : cfg.dim]  # aligned
+        c_pos, c_neg = rows(vectors.collab_items, pair_items).split(len(pos))  # (B, D) each
+        sem_pos, sem_neg = rows(vectors.semantic_items, pair_items).split(len(pos))  # (B, d_s)
         if cfg.history_leave_target_out:
-            u_final, e_u = model._leave_target_out(vectors, users, pos, p_final, at)
+            c_user, sem_user = model._leave_target_out(vectors, users, pos, (c_pos, sem_pos), at)
         else:
-            u_final = vectors.user_rows(at)
+            c_user, sem_user = rows(vectors.collab_users, at), rows(vectors.semantic_users, at)
+        e_u, e_p = c_user, c_pos  # the alignment terms read the first pairs of these
 
         def s_items(index: Tensor) -> Tensor:  # projected only where it is needed
             if sampled:  # the tower's rows of these items (it encoded the step's only)
@@ -179,11 +181,15 @@ class ConcatCombination:
             s_user = user_out.quantized
             s_u = model.align_user(s_user if batch_users_only else rows(s_user, aligned))
             terms["quant_loss"] = terms["quant_loss"] + user_out.loss
-        # the pair's preceding items → its item
-        u_final, p_final, n_final, reg = batch_with_transition(
-            model.transition, batch, u_final, p_final, n_final
-        )
-        terms["rec_loss"] = model._rec_loss(u_final, p_final, n_final, pos, neg)
+        user_parts, pos_parts, neg_parts = [c_user, sem_user], [c_pos, sem_pos], [c_neg, sem_neg]
+        reg: list[Tensor] = []
+        if model.transition is not None:  # the pair's preceding items → its item
+            t_user, t_pos, t_neg = transition_rows(model.transition, batch, neg)
+            user_parts.append(t_user)
+            pos_parts.append(t_pos)
+            neg_parts.append(t_neg)
+            reg = [t_user, t_pos, t_neg]
+        terms["rec_loss"] = model._rec_loss(user_parts, pos_parts, neg_parts, pos, neg)
         user_rows = rows(model.user.weight, users, cfg.sparse_updates)
         terms["reg_loss"] = l2_penalty(user_rows, *rows(ego, pair_items).split(len(pos)), *reg)
         return BatchVectors(terms, e_u, e_p, s_u, s_pos, s_items)

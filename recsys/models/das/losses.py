@@ -13,14 +13,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recsys.models.das.config import LossWeights
-from recsys.models.losses import bpr_loss, info_nce, orthogonality_loss
+from recsys.models.losses import info_nce, orthogonality_loss
 
 Contrastive = Callable[[Tensor, Tensor], Tensor]
 
 
-def recommendation_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-    """``rec``: BPR on ``(B, D)`` user · positive vs user · negative."""
-    return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
+def recommendation_loss(user: list[Tensor], pos: list[Tensor], neg: list[Tensor]) -> Tensor:
+    """``rec``: BPR, mean ``-log σ(u·p − u·n)``, on vectors in matching parts ``(B, d_k)``
+    (the scored rows are their concatenations): the margin ``u·(n − p)`` summed part by
+    part, one product of each part's width instead of two (the step's widest products)
+    and no concatenated rows."""
+    margins = [(u * (n - p)).sum(-1) for u, p, n in zip(user, pos, neg, strict=True)]  # (B,)
+    margin = margins[0]
+    for part in margins[1:]:
+        margin = margin + part
+    return F.softplus(margin).mean()
 
 
 def contrastive(temperature: float) -> Contrastive:

@@ -329,19 +329,21 @@ class DualAlignedSemanticIDs(Recommender):
         vectors: ConcatVectors,
         users: Tensor,
         pos: Tensor,
-        target: Tensor | None = None,
+        target: tuple[Tensor, Tensor] | None = None,
         at: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Training pairs' final and collaborative user rows ``(B, ·)`` with the pair's item
-        ``pos (B,)`` (its final rows ``target (B, D + d_s)``, c_i then s_i, when already
-        gathered) taken out of the user's pooled history (``at (B,)``: the users' rows in
-        ``vectors``' user tables, when those hold the batch's users only): a pooled part
-        ``h = Σ_j w_j x_j`` becomes ``(h − w_i x_i) / (1 − w_i)`` (0 when i was the whole
-        history), the other items keeping their recency weights."""
-        d, beta = self.config.dim, self.config.user_history_weight
+        """Training pairs' collaborative and semantic user rows ``(B, D)``, ``(B, d_s)``
+        with the pair's item ``pos (B,)`` (its collaborative and semantic rows ``target``,
+        when already gathered) taken out of the user's pooled history (``at (B,)``: the
+        users' rows in ``vectors``' user tables, when those hold the batch's users only):
+        a pooled part ``h = Σ_j w_j x_j`` becomes ``(h − w_i x_i) / (1 − w_i)`` (0 when i
+        was the whole history), the other items keeping their recency weights."""
+        beta = self.config.user_history_weight
         w = self.history_target_weights(users, pos)[:, None]
         rest = torch.where(w < 1, 1 / (1 - w).clamp(min=1e-12), torch.zeros_like(w))
-        target = vectors.item_rows(pos) if target is None else target
+        if target is None:
+            target = rows(vectors.collab_items, pos), rows(vectors.semantic_items, pos)
+        c_target, s_target = target
 
         def change(pooled: Tensor, x: Tensor) -> Tensor:
             """(h − w x) / (1 − w) − h: what leaving the target out adds to h."""
@@ -350,11 +352,11 @@ class DualAlignedSemanticIDs(Recommender):
         at = users if at is None else at
         collab = rows(vectors.collab_users, at)
         if vectors.collab_history is not None:
-            collab = collab + beta * change(rows(vectors.collab_history, at), target[:, :d])
+            collab = collab + beta * change(rows(vectors.collab_history, at), c_target)
         semantic = rows(vectors.semantic_users, at)
         if self.pool_history:  # γ·s_u = Σ_j w_j (γ s_j)
-            semantic = semantic + change(semantic, self.config.semantic_weight * target[:, d:])
-        return torch.cat([collab, semantic], 1), collab
+            semantic = semantic + change(semantic, self.config.semantic_weight * s_target)
+        return collab, semantic
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         users, items, semantic = self.combination.embeddings(self)
@@ -387,14 +389,22 @@ class DualAlignedSemanticIDs(Recommender):
         return self._aux_losses(batch, self.combination.batch(self, batch))
 
     def _rec_loss(
-        self, user: Tensor, pos: Tensor, neg: Tensor, pos_items: Tensor, neg_items: Tensor
+        self,
+        user: list[Tensor],
+        pos: list[Tensor],
+        neg: list[Tensor],
+        pos_items: Tensor,
+        neg_items: Tensor,
     ) -> Tensor:
-        """user, pos, neg: ``(B, D)`` final vectors of the batch's pairs and negatives;
-        pos_items, neg_items: ``(B,)`` their item indices (for the popularity prior)."""
+        """user, pos, neg: the batch's final vectors of its pairs and negatives in matching
+        parts ``(B, d_k)`` (their concatenations are the scored rows); pos_items,
+        neg_items: ``(B,)`` their item indices (for the popularity prior)."""
         if self.config.popularity_in_training:  # [user ; λ] · [item ; predicted pop]
             pop = self.content_popularity_column
-            user = self._with_prior_weight(user)
-            pos, neg = append_column(pos, pop[pos_items]), append_column(neg, pop[neg_items])
+            prior = user[0].new_full((len(pos_items), 1), self.config.popularity_weight)
+            user = [*user, prior]
+            pos = [*pos, pop[pos_items].to(prior)[:, None]]
+            neg = [*neg, pop[neg_items].to(prior)[:, None]]
         return recommendation_loss(user, pos, neg)
 
     def _aux_losses(self, batch: dict[str, Tensor], vectors: BatchVectors) -> dict[str, Tensor]:
