@@ -16,6 +16,7 @@ from recsys.models.das import DASConfig
 from recsys.models.losses import info_nce, orthogonality_loss
 from recsys.models.quantizer import assign_semantic_ids, codebook_stats
 from recsys.models.two_stage import TwoStageConfig
+from recsys.train.optim import adam_for
 
 
 def test_info_nce_closed_form_2x2():
@@ -487,8 +488,18 @@ def test_frozen_tower_codeword_sums_are_cached_only_while_nothing_moves(update):
     cached = tower._decoded
     if update == "grad":
         assert cached is None and first.grad_fn is not None
-        first.sum().backward()
+        # the training optimiser's (fused) step moves the codebooks without bumping their
+        # version counter: evaluation after it must see the moved codebooks, not a sum
+        # kept from an earlier evaluation
+        optimizer = adam_for(model, model.sparse_parameters(), 0.1, 0.0)
+        with torch.no_grad():
+            before = tower(None).quantized
+        (first * torch.randn_like(first)).sum().backward()
         assert quantizer.codebooks.grad is not None  # the codebooks still train
+        optimizer.step()
+        with torch.no_grad():
+            after = tower(None).quantized
+        assert not torch.equal(after, before) and torch.equal(after, fresh())
         return
     assert cached is not None and torch.equal(cached[1], quantizer.decode(codes))
     with torch.no_grad():

@@ -165,9 +165,11 @@ class InputTower(SemanticTower):
         """``(N, d)``: every row's frozen codeword sum, decoded once and kept while neither
         the codes nor the codebooks change (EMA codebooks stop moving once frozen: the
         sums were recomputed at every step, ~3% of a Beauty DAS step); None when the
-        codebooks train by gradient (their graph is needed at every step)."""
+        codebooks train by gradient, in evaluation too: they move at every step, and the
+        fused Adam step updates them without bumping their version counter, so a sum kept
+        for evaluation went stale unseen (validation scored epoch 1's codebooks)."""
         books = self.quantizer.codebooks
-        if books.requires_grad and torch.is_grad_enabled():
+        if books.requires_grad:
             return None
         codes = self.frozen_codes
         key = (id(codes), codes._version, id(books), books._version)
