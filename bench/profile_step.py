@@ -133,7 +133,8 @@ class OpTimer(TorchDispatchMode):
         start = time.perf_counter()
         out = func(*args, **(kwargs or {}))
         elapsed = time.perf_counter() - start
-        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        flat = [x for a in args for x in (a if isinstance(a, (list, tuple)) else [a])]
+        first = next((a for a in flat if isinstance(a, torch.Tensor)), None)  # cat: a list
         shape = tuple(first.shape) if first is not None else ()
         entry = self.ops.setdefault((str(func.overloadpacket.__name__), shape), [0.0, 0])
         entry[0] += elapsed

@@ -291,7 +291,7 @@ class DualAlignedSemanticIDs(Recommender):
         if self.item_code_emb is not None:
             assert suffixes is not None
             for level, emb in enumerate(self.item_code_emb):
-                ego = ego + emb(codes[:, level])
+                ego = ego + rows(emb.weight, codes[:, level])
             suffix = rows(self.item_suffix_emb.weight, suffixes[items], sparse)
             ego = ego + suffix * self.warm_items[items, None]
         return ego
