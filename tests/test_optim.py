@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.train.optim import MixedAdam, adam_for
+from recsys.train.optim import MixedAdam, RowAdam, adam_for
 
 
 class Tiny(nn.Module):
@@ -70,3 +70,32 @@ def test_no_sparse_tables_is_plain_fused_adam_and_weight_decay_is_refused_with_t
     assert type(adam_for(model, [], 0.01, 0.1)) is torch.optim.Adam
     with pytest.raises(ValueError, match="weight_decay"):
         adam_for(model, [model.table], 0.01, 0.1)
+
+
+def test_row_adam_is_torchs_sparse_adam_bit_for_bit_and_shares_its_state():
+    """Many rows, repeated and unread ones, uneven gradients, maximize, an lr changed on
+    the way, and a SparseAdam checkpoint continued by RowAdam (and back)."""
+    torch.manual_seed(1)
+    start = torch.randn(500, 16)
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    row_adam = RowAdam([ours], lr=0.01, maximize=True)
+    sparse_adam = torch.optim.SparseAdam([theirs], lr=0.01, maximize=True)
+    for step in range(12):
+        index = torch.randint(0, 400, (300,))  # duplicates; rows 400.. never read
+        grad_out = torch.randn(300, 16) * 10.0 ** torch.randint(-3, 3, (300, 1))
+        for param in (ours, theirs):
+            param.grad = None
+            F.embedding(index, param, sparse=True).backward(grad_out)
+        if step == 6:  # a scheduler's change, and each optimiser resumed from the other's state
+            for opt in (row_adam, sparse_adam):
+                opt.param_groups[0]["lr"] = 0.003
+            state_theirs, state_ours = sparse_adam.state_dict(), row_adam.state_dict()
+            row_adam.load_state_dict(copy.deepcopy(state_theirs))
+            sparse_adam.load_state_dict(copy.deepcopy(state_ours))
+        row_adam.step()
+        sparse_adam.step()
+        assert torch.equal(ours, theirs), step
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(row_adam.state[ours][key], sparse_adam.state[theirs][key])
+    assert torch.equal(ours[400:], start[400:])
+    assert not torch.equal(ours[:400], start[:400])
