@@ -286,6 +286,8 @@ def test_das_batch_user_tables_give_every_users_loss_and_gradients(monkeypatch, 
         {"user_semantic": "sid", "transition_dim": 8},
         {"user_semantic": "history", "user_history_weight": 2.0, "transition_dim": 8,
          "code_embeddings": True, "sparse_updates": True},
+        {"user_semantic": "history", "user_history_weight": 2.0, "history_leave_target_out": True,
+         "history_fanout": 1000},
     ],
 )  # fmt: skip
 def test_das_with_covering_fanouts_has_the_whole_graphs_loss_and_gradients(settings):
@@ -304,7 +306,10 @@ def test_das_with_covering_fanouts_has_the_whole_graphs_loss_and_gradients(setti
     for fanouts in (None, [1000, 1000]):
         torch.manual_seed(0)
         sparse = settings.get("sparse_updates", False) and fanouts is not None
-        config = small_das(**CONTENT_CONCAT, **{**settings, "sparse_updates": sparse},
+        sampled_only = {"sparse_updates": sparse}
+        if fanouts is None:  # the whole-graph step has no history draw
+            sampled_only["history_fanout"] = None
+        config = small_das(**CONTENT_CONCAT, **{**settings, **sampled_only},
                            fanouts=fanouts)  # fmt: skip
         model = build_model(config, graph)
         model.on_train_epoch_start(0)
@@ -333,7 +338,8 @@ def test_das_samples_its_steps_items_and_trains():
     model = build_model(config, graph)
     users, pos = torch.tensor([3, 7, 7]), torch.tensor([0, 4, 5])
     neg = torch.tensor([[1], [2], [26]])
-    items, pos_at, neg_at = model.batch_items(users.unique(), pos, neg)
+    items, pos_at, neg_at, drawn = model.batch_items(users.unique(), pos, neg)
+    assert drawn is None  # whole histories: history_pool's rows
     history = graph.train_items[np.isin(graph.train_users, [3, 7])]
     want = np.unique(np.concatenate([pos.numpy(), neg.numpy().ravel(), history]))
     assert items.tolist() == want.tolist()
@@ -350,6 +356,45 @@ def test_das_samples_its_steps_items_and_trains():
     ema["item_quantizer"] = {**ema["item_quantizer"], "codebook_update": "ema"}
     with pytest.raises(ValueError, match="codebook_update: grad or freeze_sids_epoch: 0"):
         small_das(**ema, fanouts=[2, 2])
+
+
+def test_das_drawn_histories_are_unbiased_estimates_of_the_pooled_ones():
+    """history_fanout f: a user with at most f history items keeps them with their
+    weights at every draw; a longer history is f items drawn by their recency weights,
+    1/f each, whose mean over many draws is the pool's row (a draw ignoring the weights,
+    or weighting them twice, fails it); the step's items are its pairs' and the drawn ones."""
+    full, _ = synthetic_content_graph()
+    rank = np.arange(len(full.train_users)) % 5  # each user's 5 items in a row
+    keep = rank <= full.train_users % 5  # histories of 1 to 5 items
+    graph = TrainingGraph(full.n_users, full.n_items, full.train_users[keep],
+                          full.train_items[keep])  # fmt: skip
+    graph.item_features = full.item_features
+    fanout = 2
+    config = small_das(**CONTENT_CONCAT, user_semantic="history", user_history_weight=2.0,
+                       history_decay=0.6, fanouts=[2, 2], history_fanout=fanout)  # fmt: skip
+    model = build_model(config, graph)
+    users = torch.arange(graph.n_users)
+    exact = model.history_pool.to_dense()  # (U, I)
+    lengths = (exact > 0).sum(1)
+    assert (lengths <= fanout).any() and (lengths >= fanout + 2).any()
+    pos, neg = torch.tensor([0]), torch.tensor([[1]])
+    torch.manual_seed(0)
+    draws = []
+    for _ in range(2000):
+        items, _, _, pool = model.batch_items(users, pos, neg)
+        dense = torch.zeros(graph.n_users, graph.n_items)
+        index = pool.coalesce().indices()
+        dense[index[0], items[index[1]]] = pool.coalesce().values()
+        assert set(items.tolist()) == set(items[index[1]].tolist()) | {0, 1}
+        draws.append(dense)
+    draws = torch.stack(draws)  # (R, U, I)
+    torch.testing.assert_close(draws.sum(2), exact.sum(1).expand(len(draws), -1))
+    short = lengths <= fanout
+    assert torch.equal(draws[:, short], exact[short].expand(len(draws), -1, -1))
+    mean, se = draws.mean(0), draws.std(0) / len(draws) ** 0.5
+    assert ((mean - exact).abs() <= 4.5 * se + 1e-6).all()
+    with pytest.raises(ValueError, match="history_fanout needs fanouts"):
+        small_das(**CONTENT_CONCAT, user_semantic="history", history_fanout=2)
 
 
 def test_das_leave_target_out_needs_a_pooled_history():

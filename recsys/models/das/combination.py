@@ -140,9 +140,9 @@ class ConcatCombination:
         # their history pools cost a fraction of every user's.
         distinct, at = batch_user_rows(users)
         # Sampled propagation: the item tables hold the step's items only (row pos_at ...)
-        items, pos_at, neg_at = None, pos, neg
+        items, pos_at, neg_at, drawn_pool = None, pos, neg, None
         if sampled:
-            items, pos_at, neg_at = model.batch_items(distinct, pos, neg)
+            items, pos_at, neg_at, drawn_pool = model.batch_items(distinct, pos, neg)
         # The item tower over all rows (the propagation needs every item's codes), or
         # over the step's items when the propagation is sampled.
         item_out = model.item_tower(items)
@@ -157,7 +157,7 @@ class ConcatCombination:
             batch_users_only = model.pool_history and frozen_or_sampled
             user_out = model.user_tower(aligned if batch_users_only else None)
         user_side = None if batch_users_only else user_out
-        vectors = model._concat_vectors(item_out, user_side, distinct, items)
+        vectors = model._concat_vectors(item_out, user_side, distinct, items, drawn_pool)
         ego = vectors.item_ego
         # positives and negatives gathered together (one scatter per table backward),
         # and kept in parts: the scores sum the parts' products, no concatenated rows

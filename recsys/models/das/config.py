@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from recsys.config import StrictModel
 from recsys.models.fanouts import FanoutFields
@@ -98,6 +98,13 @@ class DASConfig(TransitionFields, FanoutFields):
         " recency weights, renormalised), as scoring never has the held-out item in the"
         " history; False: the whole training history, the pair's item included. Needs a"
         " pooled history (user_semantic: history or user_history_weight > 0)",
+    )
+    history_fanout: PositiveInt | None = Field(
+        default=None,
+        description="with fanouts: a sampled step estimates each user's pooled history from"
+        " this many of their items, drawn by their recency weights (unbiased; the whole"
+        " history where it is no longer); None: the whole history. The history's items seed"
+        " the step's sampled neighbourhood, so whole histories make it most of the graph",
     )
     cold_semantic_weight: float = Field(
         default=1.0,
@@ -193,6 +200,11 @@ class DASConfig(TransitionFields, FanoutFields):
                 " (a sampled step runs the item tower more than once)"
             )
         pooled = self.user_semantic == "history" or self.user_history_weight > 0
+        if self.history_fanout is not None and not (self.fanouts is not None and pooled):
+            raise ValueError(
+                "history_fanout needs fanouts and a pooled history (user_semantic: history"
+                " or user_history_weight > 0)"
+            )
         if self.history_leave_target_out and not (self.semantic_combination == "concat" and pooled):
             raise ValueError(
                 "history_leave_target_out needs semantic_combination: concat and a pooled"

@@ -27,6 +27,7 @@ from recsys.models.das.combination import (
     ConcatCombination,
 )
 from recsys.models.das.config import DASConfig
+from recsys.models.das.history import draw_history, history_ranges
 from recsys.models.das.inputs import (
     history_means,
     history_pooling,
@@ -226,7 +227,12 @@ class DualAlignedSemanticIDs(Recommender):
         return cached[1]
 
     def _concat_vectors(
-        self, item_out, user_out, users: Tensor | None = None, items: Tensor | None = None
+        self,
+        item_out,
+        user_out,
+        users: Tensor | None = None,
+        items: Tensor | None = None,
+        drawn_pool: Tensor | None = None,
     ) -> ConcatVectors:
         """concat mode: final users and items, collaborative users, item ego and the
         users' pooled collaborative history; the user tables hold the rows of ``users``
@@ -234,7 +240,8 @@ class DualAlignedSemanticIDs(Recommender):
         only its batch's histories. With ``items`` (ascending, distinct, holding every
         item of those users' histories) the item tables hold those rows only
         (``item_out``: the item tower's output on them), propagated over their sampled
-        neighbourhood (``fanouts``), whose items alone are encoded."""
+        neighbourhood (``fanouts``), whose items alone are encoded; ``drawn_pool (n, m)``,
+        the users' drawn histories over those items (``history_fanout``)."""
         if items is None:
             ego, s_i = self._collaborative_item_ego(item_out), item_out.quantized  # (I, ·)
             c_u, c_i = self.propagation(self.user.weight, ego)
@@ -260,6 +267,8 @@ class DualAlignedSemanticIDs(Recommender):
         def pooled(x: Tensor) -> Tensor:  # the users' history means of item rows x (I, d)
             if users is None:
                 return sparse_matmul(self.history_pool, x)
+            if drawn_pool is not None:
+                return sparse_matmul(drawn_pool, x)
             return sparse_rows_matmul(self.history_pool, users, x, items)
 
         c_hist = None
@@ -298,18 +307,28 @@ class DualAlignedSemanticIDs(Recommender):
 
     def batch_items(
         self, users: Tensor, pos: Tensor, neg: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Sampled propagation: the items a step reads — its pairs' positives and
         negatives and its ``users``' history items — as ascending distinct ``(m,)``, and
-        ``pos``, ``neg`` as positions in it."""
-        history = pos[:0]
+        ``pos``, ``neg`` as positions in it; with ``history_fanout``, the users' drawn
+        histories as a sparse pool ``(n, m)`` over those positions (else None: the whole
+        histories, :attr:`history_pool`'s rows)."""
+        history, drawn = pos[:0], None
         if self.history_pooled:
-            keys = self.history_keys  # ascending user·I + item
-            start = torch.searchsorted(keys, users * self.n_items)
-            count = torch.searchsorted(keys, (users + 1) * self.n_items) - start
-            history = keys[expand_ranges(start, count)] % self.n_items
+            keys, fanout = self.history_keys, self.config.history_fanout
+            start, count = history_ranges(keys, users, self.n_items)
+            if fanout is None:
+                history = keys[expand_ranges(start, count)] % self.n_items
+            else:
+                drawn = draw_history(self.history_pool, keys, start, count, fanout, self.n_items)
+                history = drawn[1]
         items = torch.unique(torch.cat([pos, neg.flatten(), history]))
-        return items, torch.searchsorted(items, pos), torch.searchsorted(items, neg)
+        pool = None
+        if drawn is not None:
+            row, item, weight = drawn
+            index = torch.stack([row, torch.searchsorted(items, item)])
+            pool = torch.sparse_coo_tensor(index, weight, (len(users), len(items)))
+        return items, torch.searchsorted(items, pos), torch.searchsorted(items, neg), pool
 
     def _set_history_pool(self, pooling: Tensor) -> None:
         """The users' pooled history ``(U, I)`` and its entries' sorted ``user·I + item``
