@@ -101,10 +101,10 @@ class DASConfig(TransitionFields, FanoutFields):
     )
     history_fanout: PositiveInt | None = Field(
         default=None,
-        description="with fanouts: a sampled step estimates each user's pooled history from"
-        " this many of their items, drawn by their recency weights (unbiased; the whole"
-        " history where it is no longer); None: the whole history. The history's items seed"
-        " the step's sampled neighbourhood, so whole histories make it most of the graph",
+        description="with fanouts: a sampled step estimates each user's pooled history, without"
+        " bias, from this many of their items drawn by their recency weights (a shorter"
+        " history whole); None: the whole history. The history's items seed the step's"
+        " sampled neighbourhood, so whole histories make it most of the graph",
     )
     cold_semantic_weight: float = Field(
         default=1.0,
