@@ -22,12 +22,12 @@ def history_ranges(keys: Tensor, users: Tensor, n_items: int) -> tuple[Tensor, T
 def draw_history(
     pool: Tensor, keys: Tensor, start: Tensor, count: Tensor, fanout: int, n_items: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The rows of the coalesced pool (:func:`history_pooling`, entries ``keys``) of the
-    users whose entries are ``start``, ``count``, as ``(row, item, weight)`` entries (row:
-    the user's position): a history of at most ``fanout`` items whole, with its weights; a
-    longer one as ``fanout`` items drawn with replacement by their weights, ``1 / fanout``
-    each, so that every user's estimate has the pool's row as its mean (as the neighbour
-    sampler's draws have the propagation's)."""
+    """The rows of a coalesced pool (:func:`~recsys.models.das.inputs.history_pooling`;
+    entries ``keys``) of the users whose entries are ``start``, ``count``, as ``(row, item,
+    weight)`` entries (row: the user's position): a history of at most ``fanout`` items
+    whole, with its weights; a longer one as ``fanout`` items drawn with replacement by
+    their weights, ``1 / fanout`` each, so that every user's estimate has the pool's row as
+    its mean (as the neighbour sampler's draws have the propagation's)."""
     whole = count <= fanout
     positions = torch.arange(len(start), device=start.device)
     at_whole = expand_ranges(start[whole], count[whole])
