@@ -30,10 +30,7 @@ class RowAdam(torch.optim.SparseAdam):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr = float(group["lr"])
@@ -53,6 +50,14 @@ class RowAdam(torch.optim.SparseAdam):
                 grad = -param.grad if group.get("maximize", False) else param.grad
                 _row_adam(param, grad, state, beta1, beta2, lr, group["eps"])
         return loss
+
+
+def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """A ``step(closure)``'s loss: the closure re-evaluated with gradients on, if given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _row_adam(
@@ -119,10 +124,7 @@ class MixedAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for o in self.inner:
             o.step()
         return loss
