@@ -320,15 +320,19 @@ class DualAlignedSemanticIDs(Recommender):
             if fanout is None:
                 history = keys[expand_ranges(start, count)] % self.n_items
             else:
-                drawn = draw_history(self.history_pool, keys, start, count, fanout, self.n_items)
-                history = drawn[1]
-        items = torch.unique(torch.cat([pos, neg.flatten(), history]))
+                row, history, weight = draw_history(
+                    self.history_pool, keys, start, count, fanout, self.n_items
+                )
+                drawn = row, weight
+        # every read item's position in the step's items, from the one sort
+        items, at = torch.unique(torch.cat([pos, neg.flatten(), history]), return_inverse=True)
+        pos_at, neg_at, history_at = at.split([len(pos), neg.numel(), len(history)])
         pool = None
         if drawn is not None:
-            row, item, weight = drawn
-            index = torch.stack([row, torch.searchsorted(items, item)])
+            row, weight = drawn
+            index = torch.stack([row, history_at])
             pool = torch.sparse_coo_tensor(index, weight, (len(users), len(items)))
-        return items, torch.searchsorted(items, pos), torch.searchsorted(items, neg), pool
+        return items, pos_at, neg_at.view_as(neg), pool
 
     def _set_history_pool(self, pooling: Tensor) -> None:
         """The users' pooled history ``(U, I)`` and its entries' sorted ``user·I + item``
