@@ -21,18 +21,21 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch.nn.parallel import DistributedDataParallel
 
+from recsys.allocator import keep_large_blocks
 from recsys.io import atomic_path, atomic_write_text
 from recsys.train.clock import EpochClock
 
 
-class ThreadCount(Callback):
-    """``trainer.num_threads`` in every training process: spawned processes start with
-    torch's default (every core each), which oversubscribes the machine."""
+class ProcessSetup(Callback):
+    """Every training process set up as the first one: ``trainer.num_threads`` (spawned
+    processes start with torch's default, every core each, which oversubscribes the
+    machine) and large freed blocks kept in the heap (:mod:`recsys.allocator`)."""
 
     def __init__(self, threads: int | None) -> None:
         self.threads = threads
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        keep_large_blocks()
         if self.threads:
             torch.set_num_threads(self.threads)
 

@@ -29,7 +29,7 @@ from recsys.train.datamodule import InteractionDataModule
 from recsys.train.distributed import (
     AtomicCheckpointIO,
     FitFacts,
-    ThreadCount,
+    ProcessSetup,
     lightning_strategy,
 )
 from recsys.train.ema import ParameterEMA
@@ -60,7 +60,7 @@ def lightning_trainer(
     """The Lightning trainer both training phases use (logs under ``logs/<version>``)."""
     tc = config.trainer
     # a resumed run continues the interrupted one's random draws, not fresh ones
-    callbacks = [*callbacks, GlobalRandomState(), ThreadCount(tc.num_threads)]
+    callbacks = [*callbacks, GlobalRandomState(), ProcessSetup(tc.num_threads)]
     if tc.ema_decay is not None:
         callbacks = [*callbacks, ParameterEMA(tc.ema_decay)]
     return L.Trainer(

@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import Callback
 
+from recsys.allocator import keep_large_blocks
 from recsys.artifacts import RunFolder, git_commit
 from recsys.data.dataset import SplitDataset, load_dataset
 from recsys.data.splits import TEST, TRAIN, VALID
@@ -279,6 +280,7 @@ def train_run(
         raise ConfigError("--fresh retrains and --skip-finished keeps: pass one of them")
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
+    keep_large_blocks()  # a step's large temporaries reuse the heap (recsys.allocator)
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
     dataset = load_dataset(config.data)  # bad data fails here, before anything is written

@@ -1,0 +1,42 @@
+"""Keep large freed blocks in the process instead of handing them back to the kernel.
+
+glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MB by default)
+with a fresh ``mmap`` and unmaps it on ``free``: each large tensor a step creates and drops
+(a 1M-item sampled step's rows are 67 MB each) comes back as new pages the kernel zeroes
+and faults in one by one. A ``(262k, 64)`` ``pow`` takes 33 ms that way against 6 ms into
+memory already mapped (``bench/allocator.py``). Raising the mmap and trim thresholds lets
+the heap reuse those blocks; the pages stay with the process, which its peak already held.
+
+A batch process (training, export) calls :func:`keep_large_blocks` once at its start. A
+user who tunes glibc's allocator through its environment (``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) keeps their setting; other C libraries
+(macOS, musl) are left as they are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# Blocks up to 1 GiB stay in the heap; larger ones (rare, and few) are still mapped apiece.
+LARGE_BLOCK_BYTES = 1 << 30
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+
+
+def keep_large_blocks(limit: int = LARGE_BLOCK_BYTES) -> bool:
+    """Set glibc's mmap and trim thresholds to ``limit`` bytes in this process; whether
+    they were set (not on other C libraries, nor over the user's own allocator settings)."""
+    if platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in USER_SETTINGS):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return False
+    mmap = libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(limit))
+    trim = libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(limit))
+    return bool(mmap and trim)
