@@ -9,6 +9,8 @@ batches, deterministic algorithms, the module's optimiser), without Lightning it
 validation: the model's own cost. The last epoch runs under ``torch.profiler``; prints the
 epochs' seconds and the ``--top`` operators by self CPU time (share of the profiled epoch,
 calls). Run it from the commit before a change and after it for a before/after table.
+Large freed blocks stay in the heap as in training (:mod:`recsys.allocator`;
+``--glibc-default`` leaves glibc's handling as it is, for a before/after of that).
 
 ``--timer dispatch`` times each aten operator (forward and backward) by the wall clock
 around it inside a ``TorchDispatchMode`` instead: ``torch.profiler`` charges its own
@@ -42,8 +44,16 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--max-steps", type=int, help="steps an epoch at most (large data)")
     parser.add_argument("--timer", choices=["profiler", "dispatch"], default="profiler")
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's large freed blocks unmapped (training keeps them: recsys.allocator)",
+    )
     parser.add_argument("overrides", nargs="*", help="more key=value config overrides")
     args = parser.parse_args()
+    from recsys.allocator import keep_large_blocks
+
+    blocks_kept = False if args.glibc_default else keep_large_blocks()  # as train_run
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)  # as trainer.deterministic (the default)
 
@@ -117,6 +127,7 @@ def main() -> None:
         extra = {}
     print(json.dumps({
         "config": args.config, "threads": args.threads, "batch_size": args.batch_size,
+        "large_blocks_kept": blocks_kept,
         "dim": args.dim, "steps_per_epoch": -(-len(users) // args.batch_size),
         "epoch_seconds": seconds, "timer": args.timer, **extra, "top_ops": ops,
     }, indent=2))  # fmt: skip
