@@ -1,5 +1,6 @@
 """``keep_large_blocks``: a freed large block stays in glibc's heap (reused, not unmapped),
-measured by glibc's own accounting (``mallinfo2``) in fresh processes."""
+measured by glibc's own accounting (``mallinfo2``) in fresh processes, until
+``release_free_memory`` hands its pages back (the process's resident size drops)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import ctypes, json, sys
 import torch
-from recsys.allocator import keep_large_blocks
+from recsys.allocator import keep_large_blocks, release_free_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -31,7 +32,14 @@ block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MB, over glibc's default t
 alive = libc.mallinfo2()
 del block
 freed = libc.mallinfo2()
-print(json.dumps({"kept": kept, "mapped_alive": alive.hblkhd, "heap_free_after": freed.fordblks}))
+
+def resident():  # bytes, /proc/self/statm's second field
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+before = resident()
+released = release_free_memory()
+print(json.dumps({"kept": kept, "mapped_alive": alive.hblkhd, "heap_free_after": freed.fordblks,
+                  "released": released, "resident_drop": before - resident()}))
 """
 
 
@@ -53,6 +61,8 @@ def test_large_freed_blocks_stay_in_the_heap_unless_the_user_tuned_the_allocator
     kept = probe("keep")  # served from the heap, and still there to reuse once freed
     assert kept["kept"] is True
     assert kept["mapped_alive"] < block and kept["heap_free_after"] >= block
+    # and handed back to the kernel on request (after training's optimiser is freed)
+    assert kept["released"] is True and kept["resident_drop"] >= block * 3 // 4
     # the user's own setting wins: nothing changed
     user = probe("keep", MALLOC_MMAP_THRESHOLD_="131072")
     assert user["kept"] is False

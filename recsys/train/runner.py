@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import Callback
 
-from recsys.allocator import keep_large_blocks
+from recsys.allocator import keep_large_blocks, release_free_memory
 from recsys.artifacts import RunFolder, git_commit
 from recsys.data.dataset import SplitDataset, load_dataset
 from recsys.data.splits import TEST, TRAIN, VALID
@@ -378,6 +378,7 @@ def _train_into_folder(
         # Lightning's trainer, module and optimiser hold each other, so Adam's moments (twice
         # the model) would outlive fit() until a full collection: freed before the embeddings
         gc.collect()
+        release_free_memory()
     start = time.perf_counter()
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
     training["embedding_seconds"] = round(time.perf_counter() - start, 3)
@@ -391,6 +392,7 @@ def _train_into_folder(
             config, run, graph, known_users, known_items, training["best_epoch"]
         )
         gc.collect()  # the refit's trainer and optimiser, as above
+        release_free_memory()
     if model.use_history(known_users, known_items) or refitted:
         user, item = frozen_embeddings(model)
         user_for_valid = valid_user.numpy()
