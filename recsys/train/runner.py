@@ -264,6 +264,14 @@ def finished_run(config: RunConfig, data_fingerprint: str) -> RunFolder | None:
     return run
 
 
+def _free_training_state() -> None:
+    """Lightning's trainer, module and optimiser hold each other, so Adam's moments (twice
+    the model) would outlive fit() until a full collection: freed before the embeddings,
+    and their pages handed back to the kernel (:mod:`recsys.allocator` keeps freed blocks)."""
+    gc.collect()
+    release_free_memory()
+
+
 def train_run(
     config: RunConfig,
     fresh: bool = False,
@@ -375,10 +383,7 @@ def _train_into_folder(
     elif model.trainable:
         training = fit(model, dataset, config, run, resume, callbacks)
         atomic_write_text(selected, json.dumps(training))
-        # Lightning's trainer, module and optimiser hold each other, so Adam's moments (twice
-        # the model) would outlive fit() until a full collection: freed before the embeddings
-        gc.collect()
-        release_free_memory()
+        _free_training_state()
     start = time.perf_counter()
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
     training["embedding_seconds"] = round(time.perf_counter() - start, 3)
@@ -391,8 +396,7 @@ def _train_into_folder(
         model, training["refit"] = refit(
             config, run, graph, known_users, known_items, training["best_epoch"]
         )
-        gc.collect()  # the refit's trainer and optimiser, as above
-        release_free_memory()
+        _free_training_state()  # the refit's trainer and optimiser, as above
     if model.use_history(known_users, known_items) or refitted:
         user, item = frozen_embeddings(model)
         user_for_valid = valid_user.numpy()
