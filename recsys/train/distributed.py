@@ -119,8 +119,13 @@ class FitFacts(Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, through a temporary file renamed onto the checkpoint:
     a process killed while saving (any of a multi-process run's, or a one-process run)
-    leaves the previous checkpoint whole, never a truncated one to resume from."""
+    leaves the previous checkpoint whole, never a truncated one to resume from.
+    ``torch.save`` streams into that file: Lightning's own writer serialises the whole
+    checkpoint into memory first (``io.BytesIO``), which was a 1M-item DAS run's peak
+    (4.4 GB of checkpoint held on top of the model: 20.1 GB)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
         with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            torch.save(checkpoint, tmp)
