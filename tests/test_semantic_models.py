@@ -163,7 +163,8 @@ def test_das_history_means_are_the_pairwise_sums_without_per_pair_rows():
     total = np.zeros((n_users, dim))
     np.add.at(total, users[keep], w[keep, None] * x[items[keep]])
     mass = np.bincount(users[keep], weights=w[keep], minlength=n_users)
-    np.testing.assert_array_equal(mean, (total / np.maximum(mass, 1e-12)[:, None]).astype(np.float32))
+    expected = (total / np.maximum(mass, 1e-12)[:, None]).astype(np.float32)
+    np.testing.assert_array_equal(mean, expected)
     np.testing.assert_array_equal(has, mass > 0)
     assert not has[-5:].any() and (mean[-5:] == 0).all()
 

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor
 
 from recsys.config import StrictModel
-from recsys.models.base import Recommender, TrainingGraph, register_model
+from recsys.models.base import Recommender, TrainingGraph, register_model, weighted_row_sums
 
 
 class ContentConfig(StrictModel):
@@ -90,8 +90,9 @@ def recency_weighted_users(
 ) -> np.ndarray:
     """``(n_users, D)``: Σ decay^rank · item / Σ weights, then L2-normalised."""
     weights = decay ** graph.recency_rank().astype(np.float64)
-    users = np.zeros((graph.n_users, item_matrix.shape[1]))
-    np.add.at(users, graph.train_users, weights[:, None] * item_matrix[graph.train_items])
+    users = weighted_row_sums(
+        graph.train_users, graph.train_items, weights, item_matrix, graph.n_users
+    )
     return users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from recsys.models.base import TrainingGraph
+from recsys.models.base import TrainingGraph, weighted_row_sums
 from recsys.models.content import content_item_matrix
 from recsys.models.das.config import DASConfig
 
@@ -118,14 +117,7 @@ def history_means(item_blocks, graph: TrainingGraph, decay: float = 1.0):
     for name, (x, present) in item_blocks.items():
         keep = present[graph.train_items]
         users, items, w = graph.train_users[keep], graph.train_items[keep], weights[keep]
-        # One sparse product (U, I) @ (I, D_m) with each user's pairs in their order: the
-        # sums of adding w·x pair by pair, without a (pairs, D_m) float64 temporary (14 GB
-        # for a million users' histories of 128-wide content).
-        order = np.argsort(users, kind="stable")
-        indptr = np.zeros(graph.n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(users, minlength=graph.n_users), out=indptr[1:])
-        pool = sp.csr_matrix((w[order], items[order], indptr), shape=(graph.n_users, len(x)))
-        total = pool @ np.asarray(x, dtype=np.float64)  # (U, D_m)
+        total = weighted_row_sums(users, items, w, x, graph.n_users)  # (U, D_m)
         mass = np.bincount(users, weights=w, minlength=graph.n_users)
         mean = total / np.maximum(mass, 1e-12)[:, None]
         out[f"hist_{name}"] = (mean.astype(np.float32), mass > 0)
