@@ -57,34 +57,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)  # as trainer.deterministic (the default)
 
-    from recsys.data.dataset import load_dataset
-    from recsys.data.splits import TRAIN
-    from recsys.models import TrainingGraph, build_model
-    from recsys.models.base import model_spec
-    from recsys.train import runner
-    from recsys.train.config import load_run_config
-    from recsys.train.datamodule import InteractionDataModule, PairBatches
-    from recsys.train.module import RecommenderModule
+    from recsys.train.datamodule import PairBatches
 
-    config = load_run_config(
+    config, model, optimizer, data = build_training(
         args.config,
         [f"trainer.sampling.batch_size={args.batch_size}", f"model.dim={args.dim}"]
         + args.overrides,
     )
-    dataset = load_dataset(config.data)
-    users, items = dataset.pairs(TRAIN)
-    graph = TrainingGraph(dataset.n_users, dataset.n_items, users, items)
-    spec = model_spec(config.model.kind)
-    if spec.build.needs_item_features:
-        graph.item_features, graph.features_config = runner.item_features(dataset, config)
-    if spec.build.needs_user_features:
-        graph.user_features = runner.user_features(dataset)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, graph)
-    module = RecommenderModule(model, config.trainer.lr, config.trainer.weight_decay,
-                               None, None, None, (), 1)  # fmt: skip
-    optimizer = module.configure_optimizers()
-    data = InteractionDataModule(users, items, dataset.n_items, config.trainer.sampling, 0)
+    users = data.users
 
     def epoch(index: int) -> float:
         model.on_train_epoch_start(index)
@@ -133,6 +113,37 @@ def main() -> None:
     }, indent=2))  # fmt: skip
 
 
+def build_training(config_path: str, overrides: list[str]):
+    """The config's model on its dataset (the data and feature caches as ``recsys train``
+    uses them), its optimiser as the Lightning module configures it, and the training
+    pairs' data module: ``(config, model, optimizer, data)``."""
+    from recsys.data.dataset import load_dataset
+    from recsys.data.splits import TRAIN
+    from recsys.models import TrainingGraph, build_model
+    from recsys.models.base import model_spec
+    from recsys.train import runner
+    from recsys.train.config import load_run_config
+    from recsys.train.datamodule import InteractionDataModule
+    from recsys.train.module import RecommenderModule
+
+    config = load_run_config(config_path, overrides)
+    dataset = load_dataset(config.data)
+    users, items = dataset.pairs(TRAIN)
+    graph = TrainingGraph(dataset.n_users, dataset.n_items, users, items)
+    spec = model_spec(config.model.kind)
+    if spec.build.needs_item_features:
+        graph.item_features, graph.features_config = runner.item_features(dataset, config)
+    if spec.build.needs_user_features:
+        graph.user_features = runner.user_features(dataset)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, graph)
+    module = RecommenderModule(model, config.trainer.lr, config.trainer.weight_decay,
+                               None, None, None, (), 1)  # fmt: skip
+    optimizer = module.configure_optimizers()
+    data = InteractionDataModule(users, items, dataset.n_items, config.trainer.sampling, 0)
+    return config, model, optimizer, data
+
+
 class OpTimer(TorchDispatchMode):
     """Wall-clock seconds and calls per (aten operator, first tensor input's shape)."""
 
@@ -151,6 +162,7 @@ class OpTimer(TorchDispatchMode):
         entry[0] += elapsed
         entry[1] += 1
         return out
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,41 @@
+"""``bench/ddp_step.py``: a step's parts in one process and in two (gloo), as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_step_parts_add_up_in_one_and_two_processes(tmp_path, tiny_table):
+    config = {
+        "name": "ddp-step", "seed": 7, "output_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "table", "interactions": {"path": str(tiny_table)}, "split": "loo"},
+        "model": {"kind": "lightgcn", "dim": 16, "layers": 2, "fanouts": [4, 4],
+                  "sparse_updates": True},
+        "trainer": {"sampling": {"batch_size": 64}},
+    }  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, str(REPO / "bench" / "ddp_step.py"), str(path), "--devices", "1,2",
+           "--steps", "3", "--warmup", "1", "--separate-comm"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    one, two = report["runs"]
+    assert (one["devices"], two["devices"]) == (1, 2) and one["speedup"] == 1.0
+    assert one["sparse_tables"] and two["sparse_tables"]
+    parts = ("batch", "forward", "backward", "wait", "comm", "optimizer")
+    for run in (one, two):
+        assert run["steps"] == 3
+        assert abs(sum(run[p] for p in parts) - run["step"]) <= 1e-3  # rounding only
+    assert one["comm"] == 0.0 and one["wait"] == 0.0  # one process: nothing to reduce
+    assert two["comm"] > 0.0
+    assert two["speedup"] == round(2 * one["step"] / two["step"], 3)
