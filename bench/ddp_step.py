@@ -10,14 +10,16 @@ dense gradients in their buckets: ``recsys.train.distributed``), spawns the proc
 gloo with one thread each, and times ``--steps`` steps after ``--warmup``: each process
 takes its own share of the batches as in training. Seconds are per step, rank 0's. The
 speed-up of N processes is ``N × step(1) / step(N)`` (each of N processes trains a batch a
-step). ``--separate-comm`` runs the backward under ``no_sync`` and all-reduces the
-gradients after a barrier (``wait``: the other process's lag), so the all-reduce's seconds
-stand apart (``comm``) from the backward's.
+step). ``--separate-comm`` trains without DDP's wrapper: the backward alone, a barrier
+(``wait``: the other process's lag), then every gradient all-reduced and averaged by hand as
+DDP's reducer would (``comm``; a sparse one through gloo's sparse all-reduce), so the
+exchange's seconds stand apart from the arithmetic's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import socket
@@ -76,7 +78,7 @@ def _process(rank: int, world: int, port: int, args: argparse.Namespace, out: st
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
     config, model, optimizer, data = build_training(args.config, args.overrides)
-    net = _wrapped(model) if world > 1 else None
+    net = _wrapped(model) if world > 1 and not args.separate_comm else None
     batches = iter(PairBatches(data.users, data.items, data.sampler, config.trainer.sampling,
                                config.seed * 100003, rank, world))  # fmt: skip
     parts = dict.fromkeys(("batch", "forward", "backward", "wait", "comm", "optimizer"), 0.0)
@@ -89,9 +91,8 @@ def _process(rank: int, world: int, port: int, args: argparse.Namespace, out: st
         loss = net(batch) if net is not None else model.loss(batch)["loss"]
         forward = time.perf_counter()
         optimizer.zero_grad()
-        if net is not None and args.separate_comm:
-            with net.no_sync():
-                loss.backward()
+        if world > 1 and args.separate_comm:
+            loss.backward()
             backward = time.perf_counter()
             dist.barrier()
             waited = time.perf_counter()
@@ -110,10 +111,18 @@ def _process(rank: int, world: int, port: int, args: argparse.Namespace, out: st
         sparse = bool(model.sparse_parameters())
         Path(out).write_text(json.dumps({
             "devices": world, "sparse_tables": sparse, "steps": args.steps, **per_step,
-            "step": round(sum(parts.values()) / args.steps, 4),
+            "step": round(sum(parts.values()) / args.steps, 4), "weights": _digest(model),
         }))  # fmt: skip
     if world > 1:
         dist.destroy_process_group()
+
+
+def _digest(model: torch.nn.Module) -> str:
+    """The trained weights' SHA-256 (every process holds the same ones)."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        digest.update(name.encode() + param.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class _Loss(torch.nn.Module):

@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_step_parts_add_up_in_one_and_two_processes(tmp_path, tiny_table):
+    """Two processes' parts add up to their step, and the gradients averaged by hand
+    (``--separate-comm``) train the weights DDP's own reducer trains, bit for bit (with two
+    processes the mean's halving is exact in either order)."""
     config = {
         "name": "ddp-step", "seed": 7, "output_dir": str(tmp_path / "runs"),
         "data": {"dataset": "table", "interactions": {"path": str(tiny_table)}, "split": "loo"},
@@ -23,13 +26,9 @@ def test_the_step_parts_add_up_in_one_and_two_processes(tmp_path, tiny_table):
     }  # fmt: skip
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, str(REPO / "bench" / "ddp_step.py"), str(path), "--devices", "1,2",
-           "--steps", "3", "--warmup", "1", "--separate-comm"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    report = json.loads(out.stdout)
+    report, by_ddp = (bench(tmp_path, path, "1,2", "--separate-comm"), bench(tmp_path, path, "2"))
     one, two = report["runs"]
+    assert two["weights"] == by_ddp["runs"][0]["weights"] != one["weights"]
     assert (one["devices"], two["devices"]) == (1, 2) and one["speedup"] == 1.0
     assert one["sparse_tables"] and two["sparse_tables"]
     parts = ("batch", "forward", "backward", "wait", "comm", "optimizer")
@@ -39,3 +38,12 @@ def test_the_step_parts_add_up_in_one_and_two_processes(tmp_path, tiny_table):
     assert one["comm"] == 0.0 and one["wait"] == 0.0  # one process: nothing to reduce
     assert two["comm"] > 0.0
     assert two["speedup"] == round(2 * one["step"] / two["step"], 3)
+
+
+def bench(tmp_path: Path, config: Path, devices: str, *options: str) -> dict:
+    cmd = [sys.executable, str(REPO / "bench" / "ddp_step.py"), str(config), "--devices", devices,
+           "--steps", "3", "--warmup", "1", *options]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
