@@ -62,6 +62,38 @@ def test_cold_items_contribute_nothing_on_either_side():
     torch.testing.assert_close(block.user_vectors()[1].detach(), 1 / 3 * p[0])
 
 
+def test_a_new_history_rebuilds_the_users_contexts_only():
+    """``use_history`` (train + valid when scoring test): the users' contexts are those of
+    the new pairs, built from scratch as the reference; the training pairs' contexts stay
+    as trained, and the ``(pairs, window)`` tables are not built again (numpy's
+    allocations traced: they were a 1M-item run's peak)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, window = 50, 40, 20
+    users = np.sort(rng.integers(0, n_users, 20_000), kind="stable")
+    items = rng.integers(0, n_items, len(users))
+    torch.manual_seed(0)
+    block = TransitionBlock(TrainingGraph(n_users, n_items, users, items), 4, window, 0.5)
+    trained = {k: getattr(block, k).clone() for k in ("pair_keys", "pair_items", "pair_weights")}
+    more_users = np.sort(np.append(users, [3, 3, 7]), kind="stable")
+    more_items = np.append(items, [5, 6, 9])[np.argsort(np.append(users, [3, 3, 7]), kind="stable")]
+    tracemalloc.start()
+    try:
+        block.use_history(more_users, more_items)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(more_users) * window * 8  # one (pairs, window) int64 table's size
+    *_, user_items, user_weights = preceding_items(
+        more_users, more_items, n_users, n_items, window, 0.5
+    )
+    np.testing.assert_array_equal(block.user_items.numpy(), user_items)
+    np.testing.assert_array_equal(block.user_weights.numpy(), user_weights)
+    for name, table in trained.items():
+        assert torch.equal(getattr(block, name), table)
+
+
 def test_a_pair_trains_only_on_its_preceding_items():
     block = _block(window=3)
     score = (block.pair_vectors(torch.tensor([0]), torch.tensor([4])) * 1.0).sum()

@@ -43,14 +43,21 @@ class TransitionFields(StrictModel):
 
 
 def preceding_items(
-    users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, window: int, decay: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    users: np.ndarray,
+    items: np.ndarray,
+    n_users: int,
+    n_items: int,
+    window: int,
+    decay: float,
+    pairs: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray]:
     """Contexts from pairs in per-user chronological order (``users, items (E,)``).
 
     Returns ``pair_items (E, window)``, ``pair_weights (E, window)``: the items each pair's
     user had before it, most recent first (pad ``n_items``), weights ``decay^k``
-    normalised per row (all 0 for a user's first pair); ``user_items (U, window)``,
-    ``user_weights (U, window)``: the same for each user's next, unseen item.
+    normalised per row (all 0 for a user's first pair; both None without ``pairs``);
+    ``user_items (U, window)``, ``user_weights (U, window)``: the same for each user's
+    next, unseen item.
     """
     order = np.argsort(users, kind="stable")
     sorted_users, sorted_items = users[order], items[order]
@@ -70,10 +77,12 @@ def preceding_items(
         weights = np.divide(weights, mass, out=np.zeros_like(weights), where=mass > 0)
         return picked.astype(np.int64), weights.astype(np.float32)
 
+    user_items, user_weights = gather(starts + counts, counts)
+    if not pairs:
+        return None, None, user_items, user_weights
     pair_items, pair_weights = gather(np.arange(len(order)), position)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
-    user_items, user_weights = gather(starts + counts, counts)
     return pair_items[inverse], pair_weights[inverse], user_items, user_weights
 
 
@@ -96,20 +105,23 @@ class TransitionBlock(nn.Module):
         self.register_buffer("warm", warm, persistent=False)
         self._set_pairs(graph)
 
-    def _set_pairs(self, graph: TrainingGraph) -> None:
+    def _set_pairs(self, graph: TrainingGraph, pairs: bool = True) -> None:
+        """The contexts of ``graph``'s users and, with ``pairs``, of its training pairs."""
         pair_items, pair_weights, user_items, user_weights = preceding_items(
             graph.train_users, graph.train_items, graph.n_users, graph.n_items,
-            self.window, self.decay,
+            self.window, self.decay, pairs,
         )  # fmt: skip
-        keys = graph.train_users.astype(np.int64) * self.n_items + graph.train_items
-        order = np.argsort(keys, kind="stable")
-        for name, array in (
-            ("pair_keys", keys[order]),
-            ("pair_items", pair_items[order]),
-            ("pair_weights", pair_weights[order]),
-            ("user_items", user_items),
-            ("user_weights", user_weights),
-        ):
+        tables = []
+        if pairs:
+            keys = graph.train_users.astype(np.int64) * self.n_items + graph.train_items
+            order = np.argsort(keys, kind="stable")
+            tables += [
+                ("pair_keys", keys[order]),
+                ("pair_items", pair_items[order]),
+                ("pair_weights", pair_weights[order]),
+            ]
+        tables += [("user_items", user_items), ("user_weights", user_weights)]
+        for name, array in tables:
             tensor = torch.as_tensor(array)
             if hasattr(self, name):
                 tensor = tensor.to(getattr(self, name).device)
@@ -119,8 +131,10 @@ class TransitionBlock(nn.Module):
 
     def use_history(self, users: np.ndarray, items: np.ndarray) -> None:
         """Score users from these pairs' histories (train + valid when scoring test, per-user
-        chronological order); which items count as warm stays the training graph's."""
-        self._set_pairs(TrainingGraph(self.n_users, self.n_items, users, items))
+        chronological order); which items count as warm stays the training graph's. The
+        training pairs' contexts stay as trained: scoring reads the users' only, and the
+        pairs' ``(pairs, window)`` tables were a 1M-item run's peak (6 GB built again)."""
+        self._set_pairs(TrainingGraph(self.n_users, self.n_items, users, items), pairs=False)
 
     def _pool(self, items: Tensor, weights: Tensor) -> Tensor:
         """items, weights ``(N, window)`` → ``(N, dim)``: Σ_k w_k P[j_k] (rows of warm
