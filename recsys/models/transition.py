@@ -103,9 +103,9 @@ class TransitionBlock(nn.Module):
         nn.init.xavier_uniform_(self.source.weight)
         warm = torch.cat([warm_mask(graph), torch.zeros(1)])  # (I + 1,): the pad is never warm
         self.register_buffer("warm", warm, persistent=False)
-        self._set_pairs(graph)
+        self._set_contexts(graph)
 
-    def _set_pairs(self, graph: TrainingGraph, pairs: bool = True) -> None:
+    def _set_contexts(self, graph: TrainingGraph, pairs: bool = True) -> None:
         """The contexts of ``graph``'s users and, with ``pairs``, of its training pairs."""
         pair_items, pair_weights, user_items, user_weights = preceding_items(
             graph.train_users, graph.train_items, graph.n_users, graph.n_items,
@@ -134,7 +134,7 @@ class TransitionBlock(nn.Module):
         chronological order); which items count as warm stays the training graph's. The
         training pairs' contexts stay as trained: scoring reads the users' only, and the
         pairs' ``(pairs, window)`` tables were a 1M-item run's peak (6 GB built again)."""
-        self._set_pairs(TrainingGraph(self.n_users, self.n_items, users, items), pairs=False)
+        self._set_contexts(TrainingGraph(self.n_users, self.n_items, users, items), pairs=False)
 
     def _pool(self, items: Tensor, weights: Tensor) -> Tensor:
         """items, weights ``(N, window)`` → ``(N, dim)``: Σ_k w_k P[j_k] (rows of warm
