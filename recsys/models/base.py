@@ -180,11 +180,18 @@ def weighted_row_sums(
     order would (``np.add.at``, bit for bit), through one sparse product instead of a
     ``(pairs, D)`` temporary (users' history pools: 14 GB for a million users' 128-wide
     content)."""
-    order = np.argsort(pair_rows, kind="stable")
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pair_rows, minlength=n_rows), out=indptr[1:])
+    order, indptr = csr_order(pair_rows, n_rows)
     pairs = sp.csr_matrix((weights[order], pair_columns[order], indptr), shape=(n_rows, len(x)))
     return pairs @ np.asarray(x, dtype=np.float64)
+
+
+def csr_order(rows_: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR layout of entries in rows ``rows_ (E,)``: ``order (E,)``, the entries grouped
+    by row (each row's in their given order), and ``indptr (n_rows + 1,)``."""
+    order = np.argsort(rows_, kind="stable")
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows_, minlength=n_rows), out=indptr[1:])
+    return order, indptr
 
 
 def rows(table: Tensor, index: Tensor, sparse: bool = False) -> Tensor:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recsys.models.base import TrainingGraph, weighted_row_sums
+from recsys.models.base import TrainingGraph, csr_order, weighted_row_sums
 from recsys.models.content import content_item_matrix
 from recsys.models.das.config import DASConfig
 
@@ -140,9 +140,7 @@ def history_pooling(graph: TrainingGraph, decay: float) -> Tensor:
 
 def neighbor_csr(src: np.ndarray, dst: np.ndarray, n_src: int) -> tuple[Tensor, Tensor]:
     """``(indptr (n_src + 1,), neighbours)``: each ``src`` row's ``dst`` entries, in CSR."""
-    order = np.argsort(src, kind="stable")
-    indptr = np.zeros(n_src + 1, dtype=np.int64)
-    np.cumsum(np.bincount(src, minlength=n_src), out=indptr[1:])
+    order, indptr = csr_order(src, n_src)
     return torch.as_tensor(indptr), torch.as_tensor(dst[order].astype(np.int64))
 
 
