@@ -75,7 +75,8 @@ def test_a_new_history_rebuilds_the_users_contexts_only():
     items = rng.integers(0, n_items, len(users))
     torch.manual_seed(0)
     block = TransitionBlock(TrainingGraph(n_users, n_items, users, items), 4, window, 0.5)
-    trained = {k: getattr(block, k).clone() for k in ("pair_keys", "pair_items", "pair_weights")}
+    pair_tables = ("pair_keys", "pair_end", "pair_count", "history_items")
+    trained = {k: getattr(block, k).clone() for k in pair_tables}
     more_users = np.sort(np.append(users, [3, 3, 7]), kind="stable")
     more_items = np.append(items, [5, 6, 9])[np.argsort(np.append(users, [3, 3, 7]), kind="stable")]
     tracemalloc.start()
@@ -92,6 +93,41 @@ def test_a_new_history_rebuilds_the_users_contexts_only():
     np.testing.assert_array_equal(block.user_weights.numpy(), user_weights)
     for name, table in trained.items():
         assert torch.equal(getattr(block, name), table)
+
+
+def test_every_training_pairs_context_is_read_from_its_users_sequence():
+    """The block keeps no ``(pairs, window)`` table: each training pair's context, read from
+    its user's item sequence when a step asks, is :func:`preceding_items`' row for it (the
+    reference, built whole), duplicate pairs and users with fewer items than the window
+    included; building the block allocates less than one such table (numpy's allocations
+    traced: the tables were a 1M-item run's largest build)."""
+    import tracemalloc
+
+    from recsys.models.base import find_sorted
+
+    rng = np.random.default_rng(1)
+    n_users, n_items, window = 300, 50, 20
+    users = rng.integers(0, n_users, 30_000)
+    items = rng.integers(0, n_items, len(users))  # in time order, users interleaved
+    graph = TrainingGraph(n_users, n_items, users, items)
+    tracemalloc.start()
+    try:
+        block = TransitionBlock(graph, 4, window, 0.7)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(users) * window * 8
+    want_items, want_weights, *_ = preceding_items(users, items, n_users, n_items, window, 0.7)
+    first = {}  # a duplicate pair is scored with its first occurrence's context
+    for index, key in enumerate(users * n_items + items):
+        first.setdefault(key, index)
+    at, found = find_sorted(block.pair_keys, torch.as_tensor(users * n_items + items))
+    assert bool(found.all())
+    got_items, got_weights = block.pair_contexts(at)
+    reference = [first[key] for key in users * n_items + items]
+    np.testing.assert_array_equal(got_items.numpy(), want_items[reference])
+    np.testing.assert_array_equal(got_weights.numpy(), want_weights[reference])
+    assert (want_weights.sum(axis=1) == 0).sum() >= n_users - 1  # first pairs: empty contexts
 
 
 def test_a_pair_trains_only_on_its_preceding_items():

@@ -42,6 +42,17 @@ class TransitionFields(StrictModel):
     )
 
 
+def context_weights(window: int, decay: float) -> np.ndarray:
+    """``(window + 1, window)`` float32: row ``a``, the weights of a context of ``a`` items
+    (``decay^k`` for the k-th most recent, normalised to sum to 1; row 0 all 0): a
+    context's weights depend on how many items it holds, nothing else."""
+    k = np.arange(window)
+    valid = k[None, :] < np.arange(window + 1)[:, None]
+    weights = np.where(valid, float(decay) ** k[None, :], 0.0)
+    mass = weights.sum(axis=1, keepdims=True)
+    return np.divide(weights, mass, out=np.zeros_like(weights), where=mass > 0).astype(np.float32)
+
+
 def preceding_items(
     users: np.ndarray,
     items: np.ndarray,
@@ -57,7 +68,8 @@ def preceding_items(
     user had before it, most recent first (pad ``n_items``), weights ``decay^k``
     normalised per row (all 0 for a user's first pair; both None without ``pairs``);
     ``user_items (U, window)``, ``user_weights (U, window)``: the same for each user's
-    next, unseen item.
+    next, unseen item. (The block keeps the users' tables and reads a training pair's
+    context from its user's sequence when a step asks: :class:`TransitionBlock`.)
     """
     order = np.argsort(users, kind="stable")
     sorted_users, sorted_items = users[order], items[order]
@@ -65,6 +77,7 @@ def preceding_items(
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     position = np.arange(len(order)) - starts[sorted_users]  # t: the pair's rank in time
     k = np.arange(window)
+    table = context_weights(window, decay)
 
     def gather(end: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ``window`` items before sorted index ``end`` (exclusive), of which
@@ -72,10 +85,7 @@ def preceding_items(
         valid = k[None, :] < available[:, None]
         index = np.clip(end[:, None] - 1 - k[None, :], 0, max(len(order) - 1, 0))
         picked = np.where(valid, sorted_items[index] if len(order) else n_items, n_items)
-        weights = np.where(valid, float(decay) ** k[None, :], 0.0)
-        mass = weights.sum(axis=1, keepdims=True)
-        weights = np.divide(weights, mass, out=np.zeros_like(weights), where=mass > 0)
-        return picked.astype(np.int64), weights.astype(np.float32)
+        return picked.astype(np.int64), table[np.minimum(available, window)]
 
     user_items, user_weights = gather(starts + counts, counts)
     if not pairs:
@@ -106,21 +116,31 @@ class TransitionBlock(nn.Module):
         self._set_contexts(graph)
 
     def _set_contexts(self, graph: TrainingGraph, pairs: bool = True) -> None:
-        """The contexts of ``graph``'s users and, with ``pairs``, of its training pairs."""
-        pair_items, pair_weights, user_items, user_weights = preceding_items(
+        """The contexts of ``graph``'s users and, with ``pairs``, what a training pair's
+        is read from (:meth:`pair_contexts`): the pairs' items in per-user order, and
+        each pair's place in it, found by its ``user·I + item`` key. A ``(pairs, window)``
+        table of every context was a 1M-item run's largest build (2 GB kept, 6 GB at once)."""
+        *_, user_items, user_weights = preceding_items(
             graph.train_users, graph.train_items, graph.n_users, graph.n_items,
-            self.window, self.decay, pairs,
+            self.window, self.decay, pairs=False,
         )  # fmt: skip
-        tables = []
+        tables = [("user_items", user_items), ("user_weights", user_weights)]
         if pairs:
-            keys = graph.train_users.astype(np.int64) * self.n_items + graph.train_items
-            order = np.argsort(keys, kind="stable")
+            users, items = graph.train_users, graph.train_items
+            order = np.argsort(users, kind="stable")  # per user, in time
+            starts = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=self.n_users))])
+            keys = users.astype(np.int64) * self.n_items + items
+            by_key = np.argsort(keys, kind="stable")
+            at = np.empty_like(order)
+            at[order] = np.arange(len(order))  # each pair's place in its user's sequence
+            end = at[by_key]
             tables += [
-                ("pair_keys", keys[order]),
-                ("pair_items", pair_items[order]),
-                ("pair_weights", pair_weights[order]),
+                ("pair_keys", keys[by_key]),
+                ("pair_end", end),  # (E,): the context ends just before this place
+                ("pair_count", np.minimum(end - starts[users[by_key]], self.window)),
+                ("history_items", items[order].astype(np.int64)),  # (E,)
+                ("context_weights", context_weights(self.window, self.decay)),
             ]
-        tables += [("user_items", user_items), ("user_weights", user_weights)]
         for name, array in tables:
             tensor = torch.as_tensor(array)
             if hasattr(self, name):
@@ -129,11 +149,21 @@ class TransitionBlock(nn.Module):
             else:
                 self.register_buffer(name, tensor, persistent=False)
 
+    def pair_contexts(self, at: Tensor) -> tuple[Tensor, Tensor]:
+        """The contexts of the training pairs at ``at (B,)`` (places in ``pair_keys``):
+        items ``(B, window)``, most recent first (pad ``n_items``), and their weights
+        ``(B, window)`` — rows of :func:`preceding_items`' pair tables."""
+        end, count = self.pair_end[at], self.pair_count[at]  # (B,) each
+        k = torch.arange(self.window, device=at.device)
+        valid = k < count[:, None]  # (B, window)
+        index = (end[:, None] - 1 - k).clamp(min=0)
+        items = torch.where(valid, self.history_items[index], self.n_items)
+        return items, self.context_weights[count]
+
     def use_history(self, users: np.ndarray, items: np.ndarray) -> None:
         """Score users from these pairs' histories (train + valid when scoring test, per-user
         chronological order); which items count as warm stays the training graph's. The
-        training pairs' contexts stay as trained: scoring reads the users' only, and the
-        pairs' ``(pairs, window)`` tables were a 1M-item run's peak (6 GB built again)."""
+        training pairs' contexts stay as trained: scoring reads the users' only."""
         self._set_contexts(TrainingGraph(self.n_users, self.n_items, users, items), pairs=False)
 
     def _pool(self, items: Tensor, weights: Tensor) -> Tensor:
@@ -152,7 +182,7 @@ class TransitionBlock(nn.Module):
         """``(B, dim)``: the query of training pairs ``(users, items) (B,)``, from the items
         the user had before each; a pair not in the training graph gets the user's query."""
         at, found = find_sorted(self.pair_keys, users * self.n_items + items)
-        pair = self._pool(rows(self.pair_items, at), rows(self.pair_weights, at))
+        pair = self._pool(*self.pair_contexts(at))
         if bool(found.all()):  # training pairs always are: no second pooling on that path
             return pair
         fallback = self._pool(rows(self.user_items, users), rows(self.user_weights, users))
