@@ -16,13 +16,15 @@ if TYPE_CHECKING:
 
 def _train(args: argparse.Namespace) -> None:
     from recsys.train.config import load_run_config
+    from recsys.train.distributed import is_leader
     from recsys.train.runner import train_run
 
     config = load_run_config(args.config, args.overrides)
     if args.no_progress:
         config.trainer.progress_bar = False
     run = train_run(config, fresh=args.fresh, skip_finished=args.skip_finished)
-    _print_run(run, brief=args.brief)
+    if is_leader():  # a ddp run's other processes leave the run folder to the first
+        _print_run(run, brief=args.brief)
 
 
 def _tune(args: argparse.Namespace) -> None:

@@ -1,17 +1,20 @@
-"""Training in two processes (Lightning's ddp_spawn over gloo, on CPU): each process trains
-on its share of the batches; the run folder, early stopping and resume behave as in one
-process."""
+"""Training in two processes (Lightning's ddp and ddp_spawn over gloo, on CPU): each process
+trains on its share of the batches; the run folder, early stopping and resume behave as in
+one process; processes started by Lightning, by torchrun or one command per node train the
+same weights."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -67,7 +70,14 @@ def test_ddp_strategies_keep_gradients_in_their_buckets_and_others_pass_through(
 
 
 def raw_config(
-    tmp_path: Path, table: Path, name: str, devices: int, batch: int, epochs: int, **model
+    tmp_path: Path,
+    table: Path,
+    name: str,
+    devices: int,
+    batch: int,
+    epochs: int,
+    strategy: str = "ddp_spawn",
+    **model,
 ):
     return {
         "name": name,
@@ -79,7 +89,7 @@ def raw_config(
         "trainer": {
             "max_epochs": epochs, "patience": 20, "lr": 0.01, "progress_bar": False,
             "accelerator": "cpu", "devices": devices, "num_threads": 1,
-            "strategy": "ddp_spawn" if devices > 1 else "auto",
+            "strategy": strategy if devices > 1 else "auto",
             "sampling": {"batch_size": batch},
         },
     }  # fmt: skip
@@ -107,52 +117,139 @@ def test_two_processes_train_like_one_with_their_batches_together(tmp_path, tiny
     assert b["valid"]["ndcg@10"] > 0.05  # learnt: random ranking scores ~0.01 here
 
 
+def command(tmp_path: Path, raw: dict) -> list[str]:
+    """``recsys train`` of config ``raw`` (written beside the runs)."""
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return [sys.executable, "-m", "recsys.cli", "train", "-c", str(path), "--no-progress"]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SPARSE = {"fanouts": [5, 5], "sparse_updates": True}  # draws from the global generator
+
+
+def embeddings(run: Path) -> list[np.ndarray]:
+    return list(RunFolder(run).embeddings())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_processes_with_sparse_updates_train_like_one(tmp_path, tiny_table):
     """Sampled propagation with lazily updated tables in two processes: DDP all-reduces
     the sparse gradients (the rows each process read) over gloo; the run trains as the
-    one-process run does, up to the negatives' and neighbourhoods' draws."""
-    sparse = {"fanouts": [5, 5], "sparse_updates": True}
-    one = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "one", 1, 256, 6, **sparse)))
-    two = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "two", 2, 128, 6, **sparse)))
+    one-process run does, up to the negatives' and neighbourhoods' draws. Whatever starts
+    the two processes, they train the same weights to the bit: ``ddp_spawn``; ``ddp``,
+    whose launcher starts the second as a command (``recsys train -c RUN/config.yaml``);
+    torchrun, which starts both at once; two "nodes" of one process each (``num_nodes:
+    2``, one command per node with its ``NODE_RANK``, as on two machines). Only the first
+    process writes the run folder; ``--fresh``, which one process would act on while
+    another reads the folder, is refused where they start together."""
+    one = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "one", 1, 256, 6, **SPARSE)))
+    two = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "two", 2, 128, 6, **SPARSE)))
     assert files(two) == files(one)
     a, b = one.metrics()["valid"]["ndcg@10"], two.metrics()["valid"]["ndcg@10"]
     assert b == pytest.approx(a, rel=0.25) and b > 0.05
 
+    launched = raw_config(tmp_path, tiny_table, "ddp", 2, 128, 6, "ddp", **SPARSE)
+    printed = subprocess.run(command(tmp_path, launched), env=ENV, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert printed.stdout.count("run folder:") == 1  # the first process's report only
+
+    torchrun = {**launched, "name": "torchrun"}
+    together = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", "-m", *command(tmp_path, torchrun)[2:]]  # fmt: skip
+    subprocess.run(together, env=ENV, check=True, capture_output=True)
+
+    nodes = {**launched, "name": "nodes"}
+    nodes["trainer"] = {**launched["trainer"], "devices": 1, "num_nodes": 2}
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    node = [
+        subprocess.Popen(command(tmp_path, nodes), env={**env, "NODE_RANK": str(rank)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (1, 0)
+    ]  # fmt: skip
+    printed = [process.communicate(timeout=600) for process in node]
+    assert [process.returncode for process in node] == [0, 0], printed[1][1][-2000:]
+    assert printed[0][0] == "" and "run folder:" in printed[1][0]  # node 1 writes nothing
+
+    for name in ("ddp", "torchrun", "nodes"):
+        run = RunFolder(tmp_path / "runs" / name)
+        assert files(run) == files(two)
+        for got, want in zip(run.embeddings(), two.embeddings(), strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert run.metrics()["valid"] == two.metrics()["valid"]
+    fresh = subprocess.run([*together, "--fresh"], env=ENV, capture_output=True, text=True)
+    assert fresh.returncode != 0 and "--fresh with processes started together" in fresh.stderr
+    assert (tmp_path / "runs" / "torchrun" / "manifest.json").exists()  # nothing deleted
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
 
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_table):
-    def command(name: str) -> list[str]:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(raw_config(tmp_path, tiny_table, name, 2, 128, 8)))
-        return [sys.executable, "-m", "recsys.cli", "train", "-c", str(path), "--no-progress"]
+    """SIGKILL after the first checkpoint, to every process of a two-process run or (ddp)
+    to the first alone, whose second process then leaves instead of waiting for it; the
+    same command again resumes to exactly the uninterrupted run's numbers, under either
+    strategy (they train the same weights: the test above)."""
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command("ref"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(command("crashy"), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    last = tmp_path / "runs" / "crashy" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
-    proc.wait()
-    subprocess.run(command("crashy"), check=True, env=env, capture_output=True)
+    def run(name: str, strategy: str) -> list[str]:
+        raw = raw_config(tmp_path, tiny_table, name, 2, 128, 6, strategy, **SPARSE)
+        return command(tmp_path, raw)
+
+    subprocess.run(run("ref", "ddp"), check=True, env=ENV, capture_output=True)
     ref = json.loads((tmp_path / "runs" / "ref" / "metrics.json").read_text())
-    got = json.loads((tmp_path / "runs" / "crashy" / "metrics.json").read_text())
-    assert got["valid"] == ref["valid"] and got["test"] == ref["test"]
-    assert got["training"]["epochs"] == ref["training"]["epochs"] == 8
-    assert got["training"]["resumed"]  # killed after its first checkpoint, not after the end
+    for strategy in ("ddp_spawn", "ddp"):
+        name = f"crashy-{strategy}"
+        proc = subprocess.Popen(run(name, strategy), env=ENV, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        last = tmp_path / "runs" / name / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + 300
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if strategy == "ddp_spawn":
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
+            proc.wait()
+        else:  # the first process alone: the second, left waiting for it, ends too
+            second = children_of(proc.pid)
+            assert len(second) == 1
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{second[0]}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not Path(f"/proc/{second[0]}").exists()
+        subprocess.run(run(name, strategy), check=True, env=ENV, capture_output=True)
+        got = json.loads((tmp_path / "runs" / name / "metrics.json").read_text())
+        assert got["valid"] == ref["valid"] and got["test"] == ref["test"], strategy
+        assert got["training"]["epochs"] == ref["training"]["epochs"] == 6
+        assert got["training"]["resumed"]  # killed after its first checkpoint, not after the end
 
 
-def test_a_strategy_that_reruns_the_command_is_refused_with_the_one_to_use(tmp_path, tiny_table):
+def test_strategies_that_fork_a_running_openmp_pool_are_refused(tmp_path, tiny_table):
     from recsys.errors import ConfigError
 
     raw = raw_config(tmp_path, tiny_table, "x", 2, 128, 1)
-    for strategy in ("ddp", "ddp_fork", "ddp_find_unused_parameters_true"):
+    for strategy in ("ddp_fork", "ddp_notebook_find_unused_parameters_true"):
         raw["trainer"]["strategy"] = strategy
-        with pytest.raises(ConfigError, match="trainer.strategy.*ddp_spawn"):
+        with pytest.raises(ConfigError, match="trainer.strategy.*'ddp' or 'ddp_spawn'"):
             parse_run_config(raw)
-    raw["trainer"]["strategy"] = "ddp_spawn_find_unused_parameters_true"
-    assert parse_run_config(raw).trainer.strategy.startswith("ddp_spawn")
+    for strategy in ("ddp", "ddp_find_unused_parameters_true", "ddp_spawn"):
+        raw["trainer"]["strategy"] = strategy
+        assert parse_run_config(raw).trainer.strategy == strategy
 
 
 class _LossOf(torch.nn.Module):
@@ -210,6 +307,34 @@ def _sparse_ddp_step(rank: int, world: int, store: str) -> None:
     # releasing a finished all-reduce's tensors waits for that GIL (a teardown deadlock
     # that hung CI once); a spawned test worker has nothing else to clean up.
     os._exit(0)
+
+
+def _random_state_round_trip(rank: int, world: int, store: str) -> None:
+    """One process of the test below."""
+    import torch.distributed as dist
+
+    from recsys.train.rng import GlobalRandomState
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(rank)  # each process its own stream, as each draws for its batches
+    torch.rand(10 + rank)
+    saved = GlobalRandomState().state_dict()  # every process takes part (Lightning's way)
+    expected = torch.rand(5)  # what this process draws next
+    assert len(saved["ranks"]) == world
+    torch.manual_seed(1234)  # a resumed process starts elsewhere
+    GlobalRandomState().load_state_dict(saved)
+    assert torch.equal(torch.rand(5), expected)
+    dist.barrier()
+    os._exit(0)  # as _sparse_ddp_step: no gloo teardown
+
+
+def test_each_process_resumes_its_own_random_draws(tmp_path):
+    """A checkpoint, written by the first process, holds every process's generator state,
+    and each restores its own: a second process restoring the first's would draw the
+    first's neighbourhoods after a resume, not those of an uninterrupted run."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_random_state_round_trip, args=(2, str(tmp_path / "store")), nprocs=2)
 
 
 def test_ddp_all_reduces_the_sparse_tables_rows_to_the_mean_gradient(tmp_path):

@@ -27,8 +27,10 @@ class TrainerConfig(StrictModel):
     weight_decay: float = 0.0
     sampling: SamplingConfig = SamplingConfig()
     # Lightning's own: accelerator (cpu, gpu, auto), devices per node, nodes, and the
-    # strategy that runs them (auto: one process; ddp_spawn / ddp: one process per device,
+    # strategy that runs them (auto: one process; ddp / ddp_spawn: one process per device,
     # each training on its share of the batches, gradients averaged; on CPU over gloo).
+    # ddp also trains in processes another launcher started (torchrun, srun, one command
+    # per node): recsys.train.distributed.
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)
@@ -37,14 +39,11 @@ class TrainerConfig(StrictModel):
     @field_validator("strategy")
     @classmethod
     def _strategy(cls, value: str) -> str:
-        # Lightning's "ddp" re-runs the command in every other process, which would train
-        # into the same run folder again: the processes are started from the run instead.
-        # ddp_fork / ddp_notebook fork a process whose OpenMP pool may already run: refused too.
-        if value.startswith("ddp") and not value.startswith("ddp_spawn"):
+        # ddp_fork / ddp_notebook fork a process whose OpenMP pool may already run.
+        if value.startswith(("ddp_fork", "ddp_notebook")):
             raise ValueError(
-                f"{value!r} is not supported; use 'ddp_spawn' (the same data-parallel"
-                " training: 'ddp' would re-run the command in each process, 'ddp_fork' fork"
-                " a running OpenMP pool)"
+                f"{value!r} is not supported; use 'ddp' or 'ddp_spawn' (the same"
+                f" data-parallel training: {value!r} forks a running OpenMP pool)"
             )
         return value
 

@@ -30,6 +30,7 @@ from recsys.train.distributed import (
     AtomicCheckpointIO,
     FitFacts,
     ProcessSetup,
+    is_leader,
     lightning_strategy,
 )
 from recsys.train.ema import ParameterEMA
@@ -68,7 +69,9 @@ def lightning_trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
         num_nodes=tc.num_nodes,
-        strategy=lightning_strategy(tc.strategy, getattr(config.model, "sparse_updates", False)),
+        strategy=lightning_strategy(
+            tc.strategy, getattr(config.model, "sparse_updates", False), run.config_path
+        ),
         deterministic=tc.deterministic,
         callbacks=callbacks,
         logger=CSVLogger(run.root, name="logs", version=log_version),
@@ -80,6 +83,12 @@ def lightning_trainer(
         plugins=[AtomicCheckpointIO()],
         **options,
     )
+
+
+def spawned(trainer: L.Trainer) -> bool:
+    """Whether ``trainer``'s fit ran in processes it started for it (``ddp_spawn``), so that
+    its state there (epochs, best checkpoint, clock, weights) did not come back."""
+    return trainer.world_size > 1 and getattr(trainer.strategy, "_start_method", "") != "popen"
 
 
 def load_checkpoint_weights(model: Recommender, path: str | Path) -> dict[str, Any]:
@@ -148,29 +157,37 @@ def fit(
     )
     # CSVLogger deletes an existing metrics.csv: keep the interrupted run's curves in a
     # file of their own until this phase ends, so that a second crash loses none of them.
+    # (The first process alone writes: the others of a ddp run train and leave.)
+    leader = is_leader()
     log_file = run.log_dir / "metrics.csv"
     kept = run.log_dir / "metrics.before-resume.csv"
-    if resume and log_file.exists():
+    if leader and resume and log_file.exists():
         atomic_write_text(kept, merged_curves([kept, log_file]).to_csv(index=False))
     start = time.perf_counter()
-    facts_path.unlink(missing_ok=True)
+    if leader:
+        facts_path.unlink(missing_ok=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     seconds = clock.before + time.perf_counter() - start
     epochs, best_path, best_score = (
         trainer.current_epoch, checkpoint.best_model_path, checkpoint.best_model_score
     )  # fmt: skip
-    if trainer.world_size > 1:  # the fit ran in other processes: their facts
+    if trainer.world_size > 1 and not spawned(trainer):  # from the fit's start, as spawned:
+        seconds = clock.elapsed()  # not the other processes' start (data, model) before it
+    if spawned(trainer):  # the fit ran in other processes: their facts
         ran = json.loads(facts_path.read_text())
         epochs, best_path, best_score = (
             ran["epochs"], ran["best_model_path"], ran["best_model_score"]
         )  # fmt: skip
         clock.load_state_dict(ran["clock"])
         seconds = clock.before
+    best_path = best_path or str(run.checkpoint_dir / "best.ckpt")
+    if not leader:  # what a refit needs; the first process writes the rest
+        return {"best_epoch": int(torch.load(best_path, mmap=True, weights_only=True)["epoch"]) + 1}
     facts_path.unlink(missing_ok=True)  # the run folder holds what it always held
     if kept.exists() and log_file.exists():
         atomic_write_text(log_file, merged_curves([kept, log_file]).to_csv(index=False))
         kept.unlink()
-    state = load_checkpoint_weights(model, best_path or str(run.checkpoint_dir / "best.ckpt"))
+    state = load_checkpoint_weights(model, best_path)
     best_epoch = int(state["epoch"])
     return {
         "epochs": epochs,
@@ -216,7 +233,7 @@ def refit(
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     seconds = clock.before + time.perf_counter() - start
-    if trainer.world_size > 1:  # trained in other processes: the last epoch's weights
+    if spawned(trainer):  # trained in other processes: the last epoch's weights
         state = load_checkpoint_weights(model, last)
         seconds = float(state["callbacks"]["EpochClock"]["seconds"])
     return model, {"epochs": epochs, "train_seconds": round(seconds, 2)}

@@ -48,11 +48,29 @@ def set_random_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(int(x) for x in py_state.tolist()), py_gauss))
 
 
+def _world() -> tuple[int, int]:
+    """(this process's rank, processes) of the run's process group; (0, 1) without one."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
 class GlobalRandomState(Callback):
-    """Saves the global generators' state with every checkpoint and restores it on resume."""
+    """Saves the global generators' state with every checkpoint and restores it on resume.
+    In several processes each draws its own (its batches' neighbourhoods): the checkpoint,
+    written by the first, holds every process's state (gathered: Lightning builds the
+    checkpoint in every process) and each restores its own."""
 
     def state_dict(self) -> dict[str, Any]:
-        return random_state()
+        rank, world = _world()
+        if world == 1:
+            return random_state()
+        states: list[Any] = [None] * world
+        torch.distributed.all_gather_object(states, random_state())
+        return {"ranks": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "ranks" in state_dict:  # resumed in as many processes: each its own
+            states, (rank, world) = state_dict["ranks"], _world()
+            state_dict = states[rank] if world == len(states) else states[0]
         set_random_state(state_dict)

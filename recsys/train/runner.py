@@ -11,7 +11,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from recsys.io import atomic_write_text
 from recsys.models import TrainingGraph, build_model
 from recsys.models.base import Recommender, dot_scores, frozen_embeddings, model_spec
 from recsys.train.config import RunConfig, parse_run_config
+from recsys.train.distributed import follow_launcher, is_leader, started_together
 from recsys.train.fit import fit, load_checkpoint_weights, refit
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,18 @@ def prepare_run_folder(
         raise ConfigError(f"{reason}; pass --fresh to overwrite it or choose another name=...")
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(resolved)
+    return run, (last if last.exists() else None)
+
+
+def follow_run_folder(config: RunConfig, data_fingerprint: str) -> tuple[RunFolder, Path | None]:
+    """:func:`prepare_run_folder` for a ddp run's other processes, which write nothing: the
+    same refusal, the same checkpoint to resume from (the first process, which prepared
+    the folder, writes no checkpoint before they all train)."""
+    run = RunFolder(Path(config.output_dir) / config.name)
+    reason = _held_otherwise(run, config.dump(), data_fingerprint)
+    if reason is not None:
+        raise ConfigError(f"{reason}; pass --fresh to overwrite it or choose another name=...")
+    last = run.checkpoint_dir / "last.ckpt"
     return run, (last if last.exists() else None)
 
 
@@ -286,7 +299,14 @@ def train_run(
     ``callbacks`` join the first phase's Lightning trainer (``recsys tune``'s pruning)."""
     if fresh and skip_finished:
         raise ConfigError("--fresh retrains and --skip-finished keeps: pass one of them")
+    if fresh and started_together(config.trainer.num_nodes):
+        raise ConfigError(
+            "--fresh with processes started together (several nodes, torchrun, srun): one"
+            " would delete the run folder while another reads it; delete"
+            f" {Path(config.output_dir) / config.name} before launching, or choose another name=..."
+        )
     _quiet_lightning()
+    follow_launcher()  # a ddp run's other process ends with the first
     L.seed_everything(config.seed, workers=True, verbose=False)
     keep_large_blocks()  # a step's large temporaries reuse the heap (recsys.allocator)
     if config.trainer.num_threads:
@@ -297,7 +317,8 @@ def train_run(
         borrowed_codes = borrowed_item_codes(
             Path(source), dataset.item_map.ids, config.model.quantizer
         )
-    with run_folder_lock(config):
+    # a ddp run's other processes train beside the first, which holds the lock
+    with run_folder_lock(config) if is_leader() else nullcontext():
         done = finished_run(config, dataset.fingerprint) if skip_finished else None
         if done is not None:
             return done
@@ -331,6 +352,12 @@ def refit_run(
     if target.resolve() == source.resolve():
         raise ConfigError(f"{source}: the refit needs a name of its own")
     config.name, config.output_dir, config.trainer.refit = name, str(source.parent), True
+    if started_together(config.trainer.num_nodes):  # each would copy the first phase
+        raise ConfigError(
+            "recsys refit copies the first phase before training: start it as one command"
+            " (trainer.strategy ddp or ddp_spawn start the other processes), or train with"
+            " trainer.refit: true"
+        )
     if progress_bar is not None:
         config.trainer.progress_bar = progress_bar
     with run_folder_lock(config):
@@ -354,16 +381,20 @@ def _train_into_folder(
     borrowed_codes: np.ndarray | None,
     callbacks: list[Callback],
 ) -> RunFolder:
-    run, resume = prepare_run_folder(config, fresh, dataset.fingerprint)
-    run.write_data(
-        dataset.user_map,
-        dataset.item_map,
-        dataset.users,
-        dataset.items,
-        dataset.labels,
-        dataset.candidates,
-    )
-    run.write_items(dataset.item_table)
+    leader = is_leader()  # the others of a ddp run train and leave; the first writes
+    if not leader:
+        run, resume = follow_run_folder(config, dataset.fingerprint)
+    else:
+        run, resume = prepare_run_folder(config, fresh, dataset.fingerprint)
+        run.write_data(
+            dataset.user_map,
+            dataset.item_map,
+            dataset.users,
+            dataset.items,
+            dataset.labels,
+            dataset.candidates,
+        )
+        run.write_items(dataset.item_table)
     train_users, train_items = dataset.pairs(TRAIN)
     graph = TrainingGraph(dataset.n_users, dataset.n_items, train_users, train_items)
     if getattr(config.model, "counts_from", None) == "test-oracle":
@@ -382,16 +413,21 @@ def _train_into_folder(
         load_checkpoint_weights(model, run.checkpoint_dir / "best.ckpt")
     elif model.trainable:
         training = fit(model, dataset, config, run, resume, callbacks)
-        atomic_write_text(selected, json.dumps(training))
+        if leader:
+            atomic_write_text(selected, json.dumps(training))
         _free_training_state()
+    known = np.isin(dataset.labels, (TRAIN, VALID))
+    known_users, known_items = dataset.users[known], dataset.items[known]
+    refitted = config.trainer.refit and model.trainable and bool((dataset.labels == VALID).any())
+    if not leader:  # the refit's fit needs every process; nothing else does
+        if refitted:
+            refit(config, run, graph, known_users, known_items, training["best_epoch"])
+        return run
     start = time.perf_counter()
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
     training["embedding_seconds"] = round(time.perf_counter() - start, 3)
     user, item = valid_user, valid_item
     user_for_valid = item_for_valid = None
-    known = np.isin(dataset.labels, (TRAIN, VALID))
-    known_users, known_items = dataset.users[known], dataset.items[known]
-    refitted = config.trainer.refit and model.trainable and bool((dataset.labels == VALID).any())
     if refitted:  # test, export and serving use the model trained on train + valid
         model, training["refit"] = refit(
             config, run, graph, known_users, known_items, training["best_epoch"]

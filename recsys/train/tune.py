@@ -139,6 +139,7 @@ def run_tune(
     progress: bool = True,
 ) -> tuple[optuna.Study, Path]:  # fmt: skip
     """Run (or resume) the study; returns it and the written ``best.yaml``."""
+    from recsys.train.distributed import starts_by_command
     from recsys.train.runner import train_run
 
     raw, spec = split_config(apply_overrides(load_yaml(config_path), overrides or []))
@@ -166,6 +167,11 @@ def run_tune(
         name = trial.user_attrs.get("run") or f"trial-{trial.number:03d}"
         trial.set_user_attr("run", name)
         _, config = trial_config(raw, params, name, str(folder), spec.metric)
+        if starts_by_command(config.trainer.strategy):  # it would re-run one trial, unpruned
+            raise ConfigError(
+                f"recsys tune: trainer.strategy {config.trainer.strategy!r} starts its other"
+                " processes as commands; trials train in this one: use 'ddp_spawn'"
+            )
         config.trainer.progress_bar = False
         prune = PruneOnValid(trial, monitor, config.trainer.min_steps)
         run = train_run(config, skip_finished=True, callbacks=[prune])
