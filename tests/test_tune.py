@@ -129,6 +129,16 @@ def test_bad_tune_sections_are_clear_errors(tmp_path):
         TuneParam(low=2, high=1)
 
 
+def test_a_strategy_that_starts_processes_as_commands_is_refused(tmp_path):
+    """``ddp``'s other processes would run one trial's config to its end, unpruned, while
+    this process went on to the next trial: refused before any training, naming the one
+    to use."""
+    config = write_config(tmp_path, n_trials=1)
+    with pytest.raises(ConfigError, match="trainer.strategy 'ddp'.*use 'ddp_spawn'"):
+        run_tune(str(config), ["trainer.strategy=ddp", "trainer.devices=2"], progress=False)
+    assert not list((tmp_path / "runs" / "lgcn-tune").glob("trial-*"))  # no run folder
+
+
 def test_a_trial_is_not_pruned_during_its_warm_up():
     """The median pruner would stop a slow starter at its first validation; before
     ``trainer.min_steps`` the callback only reports, as early stopping only watches."""
