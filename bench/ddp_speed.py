@@ -1,7 +1,8 @@
-"""Training throughput in one process against several (Lightning's ddp_spawn over gloo).
+"""Training throughput in one process against several (Lightning's ddp_spawn or ddp over
+gloo).
 
     python bench/ddp_speed.py --config configs/bench/lightgcn-beauty-ratio811.yaml \\
-        --devices 1,2 --epochs 4 --repeat 3 > ddp.json
+        --devices 1,2 --epochs 4 --repeat 3 [--strategy ddp] > ddp.json
 
 Trains the config for a fixed number of epochs (no early stopping, no refit) once per
 ``--devices`` value and round, one thread per process, one run after the other, and prints
@@ -10,6 +11,8 @@ first; validation excluded), the epoch seconds, and the speed-up over its round'
 device count; then the median speed-up of each device count over the ``--repeat`` rounds.
 Each process of an N-process run takes its share of every epoch's batches
 (``recsys.train.distributed``), so an epoch is one pass over the training pairs whatever N.
+``peak_tree_rss_gb``: the most the run's processes held together (their resident sizes
+summed, polled every 0.1 s), the whole command (data, model, fit, evaluation) included.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +37,7 @@ def main() -> None:
     parser.add_argument("--devices", default="1,2")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1, help="rounds over --devices")
+    parser.add_argument("--strategy", default="ddp_spawn", help="of the runs in several processes")
     parser.add_argument("overrides", nargs="*", help="more key=value overrides")
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -48,6 +53,7 @@ def main() -> None:
     median_speedup = speedups(results, device_counts)
     print(json.dumps({
         "config": args.config, "epochs": args.epochs, "threads_per_process": 1,
+        "strategy": args.strategy,
         "machine": {"cores": os.cpu_count()}, "rounds": args.repeat,
         "median_speedup": median_speedup, "runs": results,
     }, indent=2))  # fmt: skip
@@ -73,17 +79,50 @@ def train(args: argparse.Namespace, devices: int, tmp: Path, env: dict[str, str]
            f"trainer.patience={args.epochs}", "trainer.refit=false",
            "trainer.num_threads=1", "trainer.accelerator=cpu",
            f"trainer.devices={devices}",
-           f"trainer.strategy={'ddp_spawn' if devices > 1 else 'auto'}",
+           f"trainer.strategy={args.strategy if devices > 1 else 'auto'}",
            *args.overrides, "--fresh", "--no-progress", "--brief"]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    peak = run_with_tree_peak(cmd, env)
     metrics = json.loads((tmp / name / "metrics.json").read_text())
     epochs = metrics["training"]["epoch_seconds"]
     median = statistics.median(epochs[1:] or epochs)
     return {
         "devices": devices, "epoch_seconds": epochs, "seconds_per_epoch": median,
         "samples_per_second": round(_train_pairs(tmp / name) / median, 1),
-        "valid_ndcg@10": metrics["valid"]["ndcg@10"],
+        "valid_ndcg@10": metrics["valid"]["ndcg@10"], "peak_tree_rss_gb": round(peak, 2),
     }  # fmt: skip
+
+
+def run_with_tree_peak(cmd: list[str], env: dict[str, str]) -> float:
+    """Run ``cmd`` to the end (an error if it fails); the most its process and all their
+    descendants held resident at once, GB (Linux)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_gb(proc.pid))
+        time.sleep(0.1)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return peak
+
+
+def tree_rss_gb(root: int) -> float:
+    """The resident sizes of process ``root`` and its descendants, summed (GB)."""
+    parent, rss = {}, {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        pid = int(status.parent.name)
+        parent[pid] = int(fields["PPid"])
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total = 0
+    for pid in rss:
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parent:
+            ancestor = parent[ancestor]
+        total += rss[pid] if ancestor == root else 0
+    return total / 2**20
 
 
 def _train_pairs(run: Path) -> int:

@@ -87,6 +87,45 @@ def test_ddp_speedups_are_per_round_and_summarised_by_their_median():
     assert "devices 2: 150.0, 140.0, 120.0; median speed-up 1.5×" in table
 
 
+def test_a_process_trees_memory_counts_every_descendant_once():
+    """``bench/ddp_speed.py``'s peak of a run and its processes: a shell whose child holds
+    256 MB; the tree's sum against each process's own ``VmRSS`` read directly."""
+    import time
+
+    ddp_speed = load("ddp_speed")
+    hold = "x = bytearray(256 * 2**20); import time; time.sleep(30)"
+    shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -c '{hold}' & wait"])
+    try:
+
+        def rss_kb(pid: int) -> int:
+            status = Path(f"/proc/{pid}/status").read_text()
+            return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+
+        def children() -> list[int]:
+            found = []
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    if stat.read_text().rsplit(")", 1)[1].split()[1] == str(shell.pid):
+                        found.append(int(stat.parent.name))
+                except OSError:  # gone meanwhile
+                    pass
+            return found
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            kids = children()
+            if kids and rss_kb(kids[0]) > 256 * 2**10:
+                break
+            time.sleep(0.1)
+        want = (rss_kb(shell.pid) + rss_kb(kids[0])) / 2**20
+        assert ddp_speed.tree_rss_gb(shell.pid) == pytest.approx(want, rel=0.02)
+        assert ddp_speed.tree_rss_gb(kids[0]) < want and want > 0.25
+    finally:
+        shell.kill()
+        subprocess.run(["pkill", "-f", "bytearray\\(256"], check=False)
+        shell.wait()
+
+
 @pytest.mark.parametrize("bad", ["0", "x"])
 def test_scale_bench_refuses_a_bad_size(bad, tmp_path):
     out = subprocess.run(
