@@ -445,6 +445,7 @@ def _train_into_folder(
     id_maps = {"items": dataset.item_map, "users": dataset.user_map}
     for side, (sids, stats) in model.semantic_ids().items():
         run.write_semantic_ids(side, id_maps[side].ids, sids, stats)
+    release_free_memory()  # the embeddings' and histories' temporaries, kept in the heap
     metrics = evaluate_embeddings(
         {"valid": (valid_user, valid_item), "test": (user, item)}, dataset, config
     )
