@@ -426,6 +426,9 @@ def _train_into_folder(
     start = time.perf_counter()
     valid_user, valid_item = frozen_embeddings(model)  # history = train: what valid scored
     training["embedding_seconds"] = round(time.perf_counter() - start, 3)
+    # After training, each phase's temporaries go back to the kernel as it ends: kept in
+    # the heap (recsys.allocator), they stayed resident under the next (6 GB at 1M items).
+    release_free_memory()
     user, item = valid_user, valid_item
     user_for_valid = item_for_valid = None
     if refitted:  # test, export and serving use the model trained on train + valid
@@ -434,7 +437,9 @@ def _train_into_folder(
         )
         _free_training_state()  # the refit's trainer and optimiser, as above
     if model.use_history(known_users, known_items) or refitted:
+        release_free_memory()
         user, item = frozen_embeddings(model)
+        release_free_memory()
         user_for_valid = valid_user.numpy()
         # Propagation can mix user state into items: keep valid's items when they moved.
         if not torch.equal(item, valid_item):
@@ -445,7 +450,7 @@ def _train_into_folder(
     id_maps = {"items": dataset.item_map, "users": dataset.user_map}
     for side, (sids, stats) in model.semantic_ids().items():
         run.write_semantic_ids(side, id_maps[side].ids, sids, stats)
-    release_free_memory()  # the embeddings' and histories' temporaries, kept in the heap
+    release_free_memory()
     metrics = evaluate_embeddings(
         {"valid": (valid_user, valid_item), "test": (user, item)}, dataset, config
     )
