@@ -148,13 +148,19 @@ def test_two_processes_with_sparse_updates_train_like_one(tmp_path, tiny_table):
     2``, one command per node with its ``NODE_RANK``, as on two machines). Only the first
     process writes the run folder; ``--fresh``, which one process would act on while
     another reads the folder, is refused where they start together."""
-    one = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "one", 1, 256, 6, **SPARSE)))
-    two = train_run(parse_run_config(raw_config(tmp_path, tiny_table, "two", 2, 128, 6, **SPARSE)))
-    assert files(two) == files(one)
+    def refitted(raw: dict) -> dict:  # the refit's fit needs every process too
+        return {**raw, "trainer": {**raw["trainer"], "refit": True}}
+
+    def trained(name: str, devices: int, batch: int) -> RunFolder:
+        raw = raw_config(tmp_path, tiny_table, name, devices, batch, 6, **SPARSE)
+        return train_run(parse_run_config(refitted(raw)))
+
+    one, two = trained("one", 1, 256), trained("two", 2, 128)
+    assert files(two) == files(one) and "checkpoints/refit/last.ckpt" in files(two)
     a, b = one.metrics()["valid"]["ndcg@10"], two.metrics()["valid"]["ndcg@10"]
     assert b == pytest.approx(a, rel=0.25) and b > 0.05
 
-    launched = raw_config(tmp_path, tiny_table, "ddp", 2, 128, 6, "ddp", **SPARSE)
+    launched = refitted(raw_config(tmp_path, tiny_table, "ddp", 2, 128, 6, "ddp", **SPARSE))
     printed = subprocess.run(command(tmp_path, launched), env=ENV, capture_output=True, text=True)
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert printed.stdout.count("run folder:") == 1  # the first process's report only
@@ -182,6 +188,7 @@ def test_two_processes_with_sparse_updates_train_like_one(tmp_path, tiny_table):
         for got, want in zip(run.embeddings(), two.embeddings(), strict=True):
             np.testing.assert_array_equal(got, want)
         assert run.metrics()["valid"] == two.metrics()["valid"]
+        assert run.metrics()["test"] == two.metrics()["test"]  # the refit's model
     fresh = subprocess.run([*together, "--fresh"], env=ENV, capture_output=True, text=True)
     assert fresh.returncode != 0 and "--fresh with processes started together" in fresh.stderr
     assert (tmp_path / "runs" / "torchrun" / "manifest.json").exists()  # nothing deleted
