@@ -119,6 +119,10 @@ class SemanticTower(nn.Module):
         return QuantizerOutput(quantized, codes, zero, zero, zero, quantized.new_zeros(0))
 
 
+ROWS_AT_ONCE = 65_536  # rows the code assignment of every row takes at once: a level's
+# (rows, codebook) distance tables ~64 MB each, not 1 GB each at a million rows
+
+
 class InputTower(SemanticTower):
     """A :class:`SemanticTower` that holds its frozen inputs (as buffers)."""
 
@@ -185,7 +189,8 @@ class InputTower(SemanticTower):
                 self.register_buffer(f"p{i}", torch.as_tensor(present))
 
     def _fused_all(self) -> Tensor:
-        """``(N, d)``: the eval-mode fusion of every row (no dropout)."""
+        """``(N, d)``: the eval-mode fusion of every row (no dropout). In one pass: a
+        fused network's products over row chunks differ from the whole's in the last bit."""
         return self.eval_fusion(self.inputs(None))
 
     @torch.no_grad()
@@ -205,7 +210,9 @@ class InputTower(SemanticTower):
 
     @torch.no_grad()
     def _all_codes(self) -> Tensor:
-        return self.assign(self._fused_all())
+        """``(N, L)``: every row's codes, assigned in row chunks (each row's distances are
+        the whole pass's, bit for bit)."""
+        return torch.cat([self.assign(z) for z in self._fused_all().split(ROWS_AT_ONCE)])
 
     @torch.no_grad()
     def set_inputs(self, blocks) -> None:
