@@ -104,6 +104,9 @@ def started_together(num_nodes: int) -> bool:
     return num_nodes > 1 or torchrun or int(os.environ.get("SLURM_NTASKS") or 1) > 1
 
 
+LAUNCHER_PID = "RECSYS_LAUNCHER_PID"  # set in the processes RunLauncher starts
+
+
 class RunLauncher(_SubprocessScriptLauncher):
     """Lightning's ``ddp`` launcher, whose other processes run ``command`` (the run's own
     ``recsys train -c RUN/config.yaml``) instead of this process's command line, which is
@@ -116,12 +119,12 @@ class RunLauncher(_SubprocessScriptLauncher):
 
     def _call_children_scripts(self) -> None:
         self._check_can_spawn_children()
-        env = self.cluster_environment
-        os.environ.update(
-            MASTER_ADDR=env.main_address,
-            MASTER_PORT=str(env.main_port),
-            NODE_RANK=str(env.node_rank()),
-            LOCAL_RANK=str(env.local_rank()),
+        cluster = self.cluster_environment
+        os.environ.update(  # as Lightning's launcher sets them, for this process too
+            MASTER_ADDR=cluster.main_address,
+            MASTER_PORT=str(cluster.main_port),
+            NODE_RANK=str(cluster.node_rank()),
+            LOCAL_RANK=str(cluster.local_rank()),
             WORLD_SIZE=str(self.num_processes * self.num_nodes),
         )
         env = {**os.environ, LAUNCHER_PID: str(os.getpid())}
@@ -129,9 +132,6 @@ class RunLauncher(_SubprocessScriptLauncher):
             subprocess.Popen(self.command, env={**env, "LOCAL_RANK": str(local_rank)})
             for local_rank in range(1, self.num_processes)
         ]
-
-
-LAUNCHER_PID = "RECSYS_LAUNCHER_PID"  # set in the processes RunLauncher starts
 
 
 def follow_launcher(poll_seconds: float = 1.0) -> None:
