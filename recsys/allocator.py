@@ -53,6 +53,23 @@ def keep_large_blocks(limit: int = LARGE_BLOCK_BYTES) -> bool:
     return bool(mmap and trim)
 
 
+# glibc's own bounds: its mmap threshold grows to at most 32 MiB, its trim threshold twice that
+DEFAULT_MMAP_BYTES = 32 << 20
+
+
+def map_large_blocks() -> bool:
+    """Undo :func:`keep_large_blocks` after training: blocks over 32 MiB (the largest mmap
+    threshold glibc sets itself) are mapped apiece again and unmapped when freed, so the
+    phases after the fit (the evaluation's score chunks) hold only what is alive; whether
+    they were set (not on other C libraries, nor over the user's own settings)."""
+    libc = _glibc()
+    if libc is None or any(name in os.environ for name in USER_SETTINGS):
+        return False
+    mmap = libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(DEFAULT_MMAP_BYTES))
+    trim = libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2 * DEFAULT_MMAP_BYTES))
+    return bool(mmap and trim)
+
+
 def release_free_memory() -> bool:
     """Return the heap's free pages to the kernel (``malloc_trim``); whether any were."""
     libc = _glibc()

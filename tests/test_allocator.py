@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROBE = """
 import ctypes, json, sys
 import torch
-from recsys.allocator import keep_large_blocks, release_free_memory
+from recsys.allocator import keep_large_blocks, map_large_blocks, release_free_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -27,7 +27,8 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-kept = keep_large_blocks() if sys.argv[1] == "keep" else None
+kept = keep_large_blocks() if sys.argv[1] in ("keep", "keep-then-map") else None
+mapped = map_large_blocks() if sys.argv[1] == "keep-then-map" else None
 block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MB, over glibc's default threshold
 alive = libc.mallinfo2()
 del block
@@ -38,8 +39,9 @@ def resident():  # bytes, /proc/self/statm's second field
 
 before = resident()
 released = release_free_memory()
-print(json.dumps({"kept": kept, "mapped_alive": alive.hblkhd, "heap_free_after": freed.fordblks,
-                  "released": released, "resident_drop": before - resident()}))
+print(json.dumps({"kept": kept, "mapped": mapped, "mapped_alive": alive.hblkhd,
+                  "heap_free_after": freed.fordblks, "released": released,
+                  "resident_drop": before - resident()}))
 """
 
 
@@ -63,6 +65,10 @@ def test_large_freed_blocks_stay_in_the_heap_unless_the_user_tuned_the_allocator
     assert kept["mapped_alive"] < block and kept["heap_free_after"] >= block
     # and handed back to the kernel on request (after training's optimiser is freed)
     assert kept["released"] is True and kept["resident_drop"] >= block * 3 // 4
+    # after training: mapped apiece and unmapped again, as glibc does by default
+    mapped = probe("keep-then-map")
+    assert mapped["kept"] is True and mapped["mapped"] is True
+    assert mapped["mapped_alive"] >= block and mapped["heap_free_after"] < block
     # the user's own setting wins: nothing changed
     user = probe("keep", MALLOC_MMAP_THRESHOLD_="131072")
     assert user["kept"] is False
