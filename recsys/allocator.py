@@ -8,9 +8,11 @@ memory already mapped (``bench/allocator.py``). Raising the mmap and trim thresh
 the heap reuse those blocks; the pages stay with the process (a 1M-item DAS step: twice as
 fast, its peak 1.6 GB higher).
 
-Training calls :func:`keep_large_blocks` once at its start, and
-:func:`release_free_memory` once the optimiser is gone (its moments' freed blocks would
-otherwise stay resident while the embeddings and the evaluation allocate theirs). A
+Training calls :func:`keep_large_blocks` once at its start, and once the optimiser is gone
+:func:`release_free_memory` (its moments' freed blocks would otherwise stay resident while
+the embeddings and the evaluation allocate theirs) and :func:`map_large_blocks` (the phases
+after the fit get glibc's own behaviour back: kept, the evaluation's score chunks grew the
+heap by 6–8 GB at 1M items). A
 user who tunes glibc's allocator through its environment (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) keeps their setting; other C libraries
 (macOS, musl) are left as they are.
