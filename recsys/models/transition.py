@@ -21,7 +21,14 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from recsys.config import StrictModel
-from recsys.models.base import TrainingGraph, find_sorted, rows, warm_mask, weighted_bag_sum
+from recsys.models.base import (
+    TrainingGraph,
+    csr_order,
+    find_sorted,
+    rows,
+    warm_mask,
+    weighted_bag_sum,
+)
 
 
 class TransitionFields(StrictModel):
@@ -71,10 +78,9 @@ def preceding_items(
     next, unseen item. (The block keeps the users' tables and reads a training pair's
     context from its user's sequence when a step asks: :class:`TransitionBlock`.)
     """
-    order = np.argsort(users, kind="stable")
+    order, indptr = csr_order(users, n_users)
     sorted_users, sorted_items = users[order], items[order]
-    counts = np.bincount(users, minlength=n_users)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts, counts = indptr[:-1], np.diff(indptr)
     position = np.arange(len(order)) - starts[sorted_users]  # t: the pair's rank in time
     k = np.arange(window)
     table = context_weights(window, decay)
@@ -127,8 +133,7 @@ class TransitionBlock(nn.Module):
         tables = [("user_items", user_items), ("user_weights", user_weights)]
         if pairs:
             users, items = graph.train_users, graph.train_items
-            order = np.argsort(users, kind="stable")  # per user, in time
-            starts = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=self.n_users))])
+            order, starts = csr_order(users, self.n_users)  # per user, in time
             keys = users.astype(np.int64) * self.n_items + items
             by_key = np.argsort(keys, kind="stable")
             at = np.empty_like(order)

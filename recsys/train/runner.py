@@ -109,23 +109,20 @@ def prepare_run_folder(
     one with a different config, or a finished one trained on other data (its manifest's
     ``data_fingerprint``), is refused rather than silently mixed.
     """
-    run = RunFolder(Path(config.output_dir) / config.name)
-    resolved = config.dump()
-    last = run.checkpoint_dir / "last.ckpt"
-    if fresh and run.root.exists():
-        shutil.rmtree(run.root)
-    reason = _held_otherwise(run, resolved, data_fingerprint)
-    if reason is not None:
-        raise ConfigError(f"{reason}; pass --fresh to overwrite it or choose another name=...")
+    root = Path(config.output_dir) / config.name
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    run, resume = follow_run_folder(config, data_fingerprint)
     run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(resolved)
-    return run, (last if last.exists() else None)
+    run.write_config(config.dump())
+    return run, resume
 
 
 def follow_run_folder(config: RunConfig, data_fingerprint: str) -> tuple[RunFolder, Path | None]:
-    """:func:`prepare_run_folder` for a ddp run's other processes, which write nothing: the
-    same refusal, the same checkpoint to resume from (the first process, which prepared
-    the folder, writes no checkpoint before they all train)."""
+    """What :func:`prepare_run_folder` decides, without writing (a ddp run's other
+    processes): the refusal of a folder that holds another run, and the checkpoint to
+    resume from (the first process, which prepares the folder, writes no checkpoint before
+    they all train)."""
     run = RunFolder(Path(config.output_dir) / config.name)
     reason = _held_otherwise(run, config.dump(), data_fingerprint)
     if reason is not None:
